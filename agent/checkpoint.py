@@ -1,0 +1,218 @@
+"""Checkpoint files: snapshot to reusable CPU buffers, crash-safe write, verified load, retention.
+
+A checkpoint is self-contained: model, optimizer, scheduler, grad scaler, RNG states, step,
+branch, LR multiplier and the loss history up to its step. Files are written to a temporary
+name, fsynced and atomically renamed, so a crash leaves either the old set of files or the new
+one; the checksum in the store catches truncation and bit flips. Files are loaded with
+`weights_only=True`, so a checkpoint can never run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import random
+import sys
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .records import CheckpointInfo
+
+FORMAT = "trainwarden-checkpoint"
+FORMAT_VERSION = 1
+_CHUNK = 8 << 20
+
+
+class CheckpointCorrupt(Exception):
+    """A checkpoint file is missing, truncated, altered or unsafe; the message says which."""
+
+
+class SnapshotBuffers:
+    """Copies a state tree into CPU tensors that are kept and reused from one save to the next.
+
+    Allocating fresh memory for every snapshot costs about three times the copy itself, and the
+    copy is the part of a save the training thread waits for.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._cuda_used = False
+
+    def copy(self, tree: Any) -> Any:
+        self._cuda_used = False
+        out = self._copy(tree, "")
+        if self._cuda_used:
+            torch.cuda.current_stream().synchronize()  # the copies were queued non-blocking
+        return out
+
+    def _copy(self, obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return self._copy_tensor(obj, path)
+        if isinstance(obj, dict):
+            cls = OrderedDict if isinstance(obj, OrderedDict) else dict
+            return cls((k, self._copy(v, f"{path}/{k}")) for k, v in obj.items())
+        if isinstance(obj, list):
+            return [self._copy(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple):
+            return tuple(self._copy(v, f"{path}/{i}") for i, v in enumerate(obj))
+        return obj  # numbers, strings, None: immutable
+
+    def _copy_tensor(self, t: torch.Tensor, path: str) -> torch.Tensor:
+        t = t.detach()
+        if t.is_sparse or t.layout != torch.strided:
+            return t.to("cpu", copy=True)
+        buf = self._buffers.get(path)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            pin = t.is_cuda and torch.cuda.is_available()
+            buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
+            self._buffers[path] = buf
+        if t.is_cuda:
+            self._cuda_used = True
+            buf.copy_(t, non_blocking=True)
+        else:
+            buf.copy_(t)
+        return buf
+
+
+class _HashingWriter:
+    """File wrapper that hashes what passes through, so the checksum costs no second read."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.hash = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.nbytes += len(memoryview(data).cast("B"))
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def write_file(state: dict[str, Any], path: Path) -> tuple[int, str]:
+    """Write `state` to `path` crash-safely; returns (bytes, sha256). Raises OSError on failure,
+    leaving no partial file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb", buffering=_CHUNK) as f:
+            writer = _HashingWriter(f)
+            torch.save(state, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return writer.nbytes, writer.hash.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_file(path: Path, sha256: str | None) -> dict[str, Any]:
+    """Load and check a checkpoint file; CheckpointCorrupt says why it cannot be used."""
+    if not path.is_file():
+        raise CheckpointCorrupt(f"file {path.name} is missing")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise CheckpointCorrupt(f"file {path.name} does not match its checksum (truncated or altered)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointCorrupt(f"file {path.name} was refused by the safe loader: {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointCorrupt(f"file {path.name} cannot be read: {first}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointCorrupt(f"file {path.name} is not a trainwarden checkpoint")
+    if state.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointCorrupt(f"file {path.name} has format version {state.get('version')}, newer than this trainwarden")
+    history = state.get("loss_history")
+    if not isinstance(history, torch.Tensor) or history.numel() != state.get("step"):
+        raise CheckpointCorrupt(f"file {path.name} has a loss history that does not match its step")
+    return state
+
+
+# ---------------------------------------------------------------------------- RNG
+def capture_rng() -> dict[str, Any]:
+    """RNG states as plain tensors and tuples, which the safe loader accepts."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np = sys.modules.get("numpy")
+    if np is not None and "numpy" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+# ----------------------------------------------------------------------- selection
+Segments = Sequence[tuple[int, int, "int | None"]]
+
+
+def in_lineage(ckpt: CheckpointInfo, segments: Segments) -> bool:
+    """True when the checkpoint's state is a point of the history described by `segments`."""
+    return any(
+        ckpt.branch == branch and after <= ckpt.step and (upto is None or ckpt.step <= upto)
+        for branch, after, upto in segments
+    )
+
+
+def newest_first(ckpts: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    return sorted(ckpts, key=lambda c: (c.step, c.id), reverse=True)
+
+
+def best_first(ckpts: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    """Checkpoints with a finite loss, lowest first (a NaN/Inf window is never "best")."""
+    finite = [c for c in ckpts if c.loss is not None and math.isfinite(c.loss)]
+    return sorted(finite, key=lambda c: (c.loss, -c.step, -c.id))
+
+
+def retention(ready: Sequence[CheckpointInfo], segments: Segments, keep_best: int, keep_last: int) -> list[CheckpointInfo]:
+    """Which ready checkpoints to delete: all but the pinned, the best k by loss, the last n of
+    the current history, and the newest one written."""
+    if not ready:
+        return []
+    keep = {c.id for c in ready if c.pinned}
+    keep |= {c.id for c in best_first(ready)[:keep_best]}
+    keep |= {c.id for c in newest_first(c for c in ready if in_lineage(c, segments))[:keep_last]}
+    keep.add(max(c.id for c in ready))
+    return [c for c in ready if c.id not in keep]

@@ -1,0 +1,580 @@
+"""The agent: what a training loop talks to.
+
+`record()` is the hot path: it appends the detached loss to a buffer and returns. Once per
+window the buffer goes to the CPU in one copy, is summarised, and handed to the store writer
+thread; automatic checkpoint decisions are taken there too. Commands from the store are applied
+at the step boundary inside `record()`; the training thread never waits for the store, except
+when a checkpoint is asked for while the previous one is still being written.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from array import array
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from . import checkpoint as ck
+from .commands import CommandError, validate
+from .config import AgentConfig
+from .lr import LRControl
+from .records import CheckpointInfo, CommandInfo
+from .store import Store, StoreError
+from .threads import Checkpointer, SaveJob, StoreWriter
+from .window import improved, window_stats
+
+log = logging.getLogger("trainwarden.agent")
+
+ENV_RUN_DIR = "TRAINWARDEN_RUN_DIR"
+from . import __version__ as VERSION
+_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class AttachError(StoreError):
+    """`attach()` cannot start recording; the message says why in one line."""
+
+
+class _Rejected(Exception):
+    """A command that cannot be applied; the message is the reason given to the issuer."""
+
+
+def attach(
+    run_dir: str | os.PathLike[str] | None = None, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any = None, scaler: Any = None, config: AgentConfig | None = None, name: str | None = None,
+) -> "Run":
+    """Attach an agent to a training loop, writing to the store in `run_dir`.
+
+    `run_dir` defaults to $TRAINWARDEN_RUN_DIR. The folder and store are created if missing.
+    """
+    if run_dir is None:
+        run_dir = os.environ.get(ENV_RUN_DIR)
+        if not run_dir:
+            raise AttachError(f"no run folder: pass run_dir to attach() or set ${ENV_RUN_DIR}")
+    return Run(Path(run_dir), model, optimizer, scheduler, scaler, config or AgentConfig(), name)
+
+
+class Run:
+    """A training run attached to its store. Create it with `attach()`."""
+
+    def __init__(
+        self, run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler: Any, scaler: Any, config: AgentConfig, name: str | None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.step = 0
+        """Steps recorded on the current history (the checkpoint's step after a resume or rollback)."""
+        self.should_stop = False
+        """True once a `stop` command arrived: leave the loop and call close()."""
+
+        store = Store.open(run_dir, create=True)
+        self._store = store
+        try:
+            store.init_run(name or run_dir.name, config.model_dump(), VERSION)
+            info = store.run()
+            self._refuse_second_writer(info)
+            self._recover_interrupted_saves()
+            self._branch = info.branch
+            self._next_branch = store.next_branch_id()
+            self._best_loss = min((c.loss for c in ck.best_first(store.checkpoints(["ready"]))), default=None)
+            now = time.time()
+            store.update_run(status="running", pid=os.getpid(), host=socket.gethostname(), started_at=now,
+                             heartbeat_at=now, ended_at=None, agent_version=VERSION, config=config.model_dump())
+            self._lr = LRControl(optimizer, info.lr_multiplier)
+        except StoreError:
+            store.close()
+            raise
+        except Exception as exc:
+            store.close()
+            raise AttachError(f"cannot attach to {run_dir}: {exc}") from None
+
+        self._buf: list[Any] = []
+        self._history = array("f")  # per-step losses of the current history, flushed windows only
+        self._window_t0 = time.perf_counter()
+        self._begun = False
+        self._closed = False
+        self._paused = False
+        self._attention = False  # set by other threads: commands or a signal are waiting
+        self._inbox: collections.deque[CommandInfo] = collections.deque()
+        self._wake = threading.Event()
+        self._signal: int | None = None
+        self._crashed = False
+
+        self._snapshots = ck.SnapshotBuffers()
+        self._last_save_time = time.monotonic()
+        self._last_save_step = 0
+        self._save_cost_s: float | None = None  # measured stall + writer CPU of the last save
+
+        self._writer = StoreWriter(Store.open(run_dir), config.command_poll_interval_s, config.heartbeat_interval_s,
+                                   self._on_commands, self._write_heartbeat)
+        self._checkpointer = Checkpointer(Store.open(run_dir), config.keep_best, config.keep_last,
+                                          lambda: self._branch, self._on_saved)
+        self._writer.start()
+        self._checkpointer.start()
+        self._install_handlers()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def lr(self) -> float:
+        """The effective learning rate of parameter group 0 (schedule times multiplier)."""
+        return self._lr.effective_lr
+
+    @property
+    def branch(self) -> int:
+        """The branch of history being recorded."""
+        return self._branch
+
+    def resume(self) -> int:
+        """Load the newest good checkpoint of the run's current history, if any.
+
+        Restores weights, optimizer, scheduler, scaler, RNG states, the step counter and the loss
+        history. A checkpoint that fails its checksum or the safe loader is marked corrupt, with a
+        warning event, and the previous one is tried. Returns the step to continue from (0 if fresh).
+        """
+        if self._begun:
+            raise RuntimeError("resume() must be called before the first record()")
+        segments = self._store.lineage(self._branch)
+        candidates = ck.newest_first(c for c in self._store.checkpoints(["ready"]) if ck.in_lineage(c, segments))
+        loaded = self._load_first(candidates)
+        if loaded is None:
+            self._begin_fresh()
+            return 0
+        info, state = loaded
+        self._restore(state)
+        reason = f"resumed from checkpoint {info.id} at step {info.step} after a restart"
+        self._continue_from(info, reason)
+        self._event("resumed", "info", f"resumed from checkpoint {info.id} at step {info.step}",
+                    {"checkpoint": info.id, "branch": self._branch})
+        return self.step
+
+    def record(self, loss: torch.Tensor | float) -> None:
+        """Record the training loss of the step just taken. Cheap: no GPU sync, no I/O."""
+        if not self._begun:
+            self._begin_fresh()
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        self._buf.append(loss)
+        self.step += 1
+        if self.step % self.config.window == 0:
+            self._close_window()
+        if self._attention:
+            self._service()
+
+    def record_val(self, value: torch.Tensor | float, name: str = "val_loss") -> None:
+        """Record a validation loss or another named scalar at the current step."""
+        number = float(value.detach().float().cpu()) if isinstance(value, torch.Tensor) else float(value)
+        branch, step = self._branch, self.step
+        self._writer.submit(lambda s: s.add_metric(branch, step, name, number))
+
+    def save(self, kind: str = "manual") -> None:
+        """Checkpoint now (waits only if the previous checkpoint is still being written)."""
+        if not self._begun:
+            self._begin_fresh()
+        self._save(kind, wait=True)
+
+    def close(self) -> None:
+        """Flush the partial window, save a final checkpoint, wait for writes, mark the run done."""
+        self._shutdown("stopped" if self.should_stop else "finished", save=self.config.save_on_close)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None or issubclass(kind, SystemExit):
+            self.close()
+        elif issubclass(kind, KeyboardInterrupt):
+            self._shutdown("stopped", save=False)
+        else:
+            self._shutdown("crashed", save=False, why=f"{kind.__name__}: {exc}")
+
+    # ------------------------------------------------------------- beginnings
+    def _begin_fresh(self) -> None:
+        """Start at step 0. A history that already has steps gets a new branch, so no step is
+        recorded twice."""
+        self._begun = True
+        if self._store.max_step(self._branch) > 0:
+            self._fork(self._branch, 0, None, "started again from step 0 (no usable checkpoint)")
+
+    def _continue_from(self, info: CheckpointInfo, reason: str) -> None:
+        """Continue after `info`'s step: fill any steps the store lacks from the checkpoint's
+        history, and fork a new branch if the store already has steps after it."""
+        self._begun = True
+        recorded = self._store.max_step(info.branch)
+        if recorded < info.step:
+            missing = self._history[recorded:info.step].tolist()
+            self._writer.submit(lambda s: s.add_window(info.branch, recorded + 1, missing, window_stats(missing), None, None))
+        if info.branch != self._branch or recorded > info.step:
+            self._fork(info.branch, info.step, info.id, reason)
+
+    def _fork(self, parent: int, fork_step: int, ckpt_id: int | None, reason: str) -> tuple[int, int]:
+        new = self._next_branch
+        self._next_branch += 1
+        self._branch = new
+        self._writer.submit(lambda s: (s.add_branch(new, parent, fork_step, ckpt_id, reason),
+                                       s.update_run(branch=new, step=fork_step)))
+        return parent, new
+
+    # --------------------------------------------------------------- windows
+    def _close_window(self) -> None:
+        """Move the buffered losses to the CPU in one go and hand them to the writer."""
+        buf = self._buf
+        if not buf:
+            return
+        self._buf = []
+        values = _to_floats(buf)
+        now = time.perf_counter()
+        steps_per_s = len(values) / max(now - self._window_t0, 1e-9)
+        self._window_t0 = now
+        self._history.extend(values)
+        stats = window_stats(values)
+        branch, first, lr = self._branch, self.step - len(values) + 1, self.lr
+
+        def write(s: Store) -> None:
+            s.add_window(branch, first, values, stats, lr, steps_per_s)
+            s.update_run(step=first + len(values) - 1, last_loss=stats["mean"], lr=lr)
+
+        self._writer.submit(write)
+        if len(values) == self.config.window and stats["nonfinite"] == 0:
+            self._maybe_autosave(stats["mean"])
+
+    def _maybe_autosave(self, loss: float | None) -> None:
+        """Save when the cadence says so: "best" if the loss improved, else "last".
+        A window with a NaN/Inf loss is never saved automatically."""
+        if not self._checkpointer.idle.is_set():
+            return  # the previous checkpoint is still being written: try at the next window
+        cfg = self.config
+        since = time.monotonic() - self._last_save_time
+        if since < cfg.min_save_interval_s:
+            return
+        if cfg.save_every_steps is not None or cfg.save_every_seconds is not None:
+            due = (cfg.save_every_steps is not None and self.step - self._last_save_step >= cfg.save_every_steps) or \
+                  (cfg.save_every_seconds is not None and since >= cfg.save_every_seconds)
+        else:
+            # CheckFreq-style: keep the measured cost of saving under the budgeted share of time.
+            due = self._save_cost_s is None or since >= self._save_cost_s / cfg.checkpoint_budget
+        if due:
+            self._save("best" if improved(loss, self._best_loss, cfg.best_margin) else "last", wait=False, loss=loss)
+
+    # ------------------------------------------------------------ checkpoints
+    def _save(self, kind: str, *, wait: bool, loss: float | None = None, command: CommandInfo | None = None) -> None:
+        self._checkpointer.idle.wait()  # the snapshot buffers are reused: one save in flight
+        t0 = time.perf_counter()
+        pending = _to_floats(self._buf)
+        history = self._history.tolist() + pending
+        if loss is None and history:
+            stats = window_stats(history[-self.config.window:])
+            loss = stats["mean"] if stats["nonfinite"] == 0 else None
+        state = self._snapshots.copy({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        })
+        state.update(
+            format=ck.FORMAT, version=ck.FORMAT_VERSION, step=self.step, branch=self._branch,
+            lr_multiplier=self._lr.multiplier, rng=ck.capture_rng(),
+            loss_history=torch.tensor(history, dtype=torch.float32),
+        )
+        if kind == "best" or (loss is not None and improved(loss, self._best_loss, 0.0)):
+            self._best_loss = loss
+        self._last_save_time = time.monotonic()
+        self._last_save_step = self.step
+        self._checkpointer.submit(SaveJob(state, self.step, self._branch, loss, kind, time.perf_counter() - t0, command))
+        if wait:
+            self._checkpointer.idle.wait()
+
+    def _on_saved(self, job: SaveJob, ckpt_id: int | None, writer_cpu_s: float, error: str | None) -> None:
+        """Called on the checkpoint thread when a save finished (or failed)."""
+        if error is None:
+            self._save_cost_s = job.stall_s + writer_cpu_s
+        else:
+            self._best_loss = min((c.loss for c in ck.best_first(self._checkpointer_ready())), default=None)
+
+    def _checkpointer_ready(self) -> list[CheckpointInfo]:
+        try:
+            with Store.open(self.run_dir) as s:
+                return s.checkpoints(["ready"])
+        except StoreError:
+            return []
+
+    def _load_first(self, candidates: list[CheckpointInfo]) -> tuple[CheckpointInfo, dict[str, Any]] | None:
+        """The first candidate that loads cleanly; the others are marked corrupt with an event."""
+        for info in candidates:
+            try:
+                return info, ck.load_file(self.run_dir / info.path, info.sha256)
+            except ck.CheckpointCorrupt as exc:
+                reason = str(exc)
+                self._writer.submit(lambda s, i=info, r=reason: (
+                    s.set_checkpoint_status(i.id, "corrupt", r),
+                    s.add_event("checkpoint_corrupt", "warning",
+                                f"checkpoint {i.id} (step {i.step}) skipped: {r}",
+                                step=i.step, branch=i.branch, data={"checkpoint": i.id})))
+                log.warning("trainwarden: checkpoint %d skipped: %s", info.id, reason)
+        return None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        ck.restore_rng(state["rng"])
+        self.step = int(state["step"])
+        self._history = array("f", state["loss_history"].tolist())
+        self._buf = []
+        self._last_save_step = self.step
+        self._window_t0 = time.perf_counter()
+
+    # --------------------------------------------------------------- commands
+    def _on_commands(self, commands: list[CommandInfo]) -> None:
+        """Called on the store thread when new commands are pending."""
+        self._inbox.extend(commands)
+        self._attention = True
+        self._wake.set()
+
+    def _service(self) -> None:
+        """Apply what other threads left for the training thread, at a step boundary."""
+        self._attention = False
+        while self._inbox:
+            self._apply(self._inbox.popleft())
+        if self._paused:
+            self._pause_loop()
+        if self._signal is not None:
+            self._on_signal_at_boundary()
+
+    def _apply(self, cmd: CommandInfo) -> None:
+        try:
+            args = validate(cmd.kind, cmd.args)
+            getattr(self, f"_cmd_{cmd.kind}")(cmd, args)
+        except (CommandError, _Rejected) as exc:
+            self._ack(cmd, "rejected", str(exc))
+        except Exception as exc:  # a command must never kill training
+            log.exception("trainwarden: command %d (%s) failed", cmd.id, cmd.kind)
+            self._ack(cmd, "rejected", f"failed: {type(exc).__name__}: {exc}")
+
+    def _ack(self, cmd: CommandInfo, status: str, result: str, run: dict[str, Any] | None = None,
+             event: tuple[str, str] | None = None) -> None:
+        """Acknowledge a command together with its effect on the run row, in one transaction:
+        if the process dies before it is written, the command is still pending and is applied
+        again by the next process, so its effect is neither lost nor doubled."""
+        step, branch = self.step, self._branch
+
+        def write(s: Store) -> None:
+            with s.transaction():
+                s.ack_command(cmd.id, status, result, step)
+                if run:
+                    s.update_run(**run)
+                if event:
+                    s.add_event(event[0], "info", f"{event[1]} (command {cmd.id} from {cmd.issuer})",
+                                step=step, branch=branch, data={"command": cmd.id})
+
+        self._writer.submit(write)
+
+    def _cmd_pause(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        if self._paused:
+            raise _Rejected("already paused")
+        self._flush_partial()
+        self._paused = True
+        self._ack(cmd, "applied", f"paused at step {self.step}", {"status": "paused", "step": self.step})
+
+    def _cmd_resume(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        if not self._paused:
+            raise _Rejected("not paused")
+        self._paused = False
+        self._ack(cmd, "applied", f"resumed at step {self.step}", {"status": "running"})
+
+    def _cmd_stop(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        self.should_stop = True
+        self._paused = False
+        self._ack(cmd, "applied", f"stopping at step {self.step}")
+
+    def _cmd_save(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        self._save("command", wait=False, command=cmd)  # acknowledged by the checkpoint thread
+
+    def _cmd_set_lr(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        scheduled = self._lr.scheduled_lr
+        if not scheduled > 0:
+            raise _Rejected(f"the schedule's learning rate is {scheduled} at this step; use a scale factor instead")
+        self._set_multiplier(cmd, args["value"] / scheduled)
+
+    def _cmd_scale_lr(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        self._set_multiplier(cmd, self._lr.multiplier * args["factor"])
+
+    def _set_multiplier(self, cmd: CommandInfo, multiplier: float) -> None:
+        if not (math.isfinite(multiplier) and multiplier > 0):
+            raise _Rejected(f"the resulting LR multiplier {multiplier} is not a positive finite number")
+        before = self.lr
+        self._lr.multiplier = multiplier
+        text = f"learning rate {before:.6g} -> {self.lr:.6g} (multiplier {multiplier:.6g})"
+        self._ack(cmd, "applied", text, {"lr_multiplier": multiplier, "lr": self.lr}, ("lr_changed", text))
+
+    def _cmd_rollback(self, cmd: CommandInfo, args: dict[str, Any]) -> None:
+        info, state = self._rollback_target(args["target"])
+        self._flush_partial()  # the abandoned steps stay in the store under their branch
+        old_branch, old_step = self._branch, self.step
+        self._restore(state)
+        reason = f"rollback to checkpoint {info.id} (step {info.step}) by {cmd.issuer}"
+        _, new = self._fork(info.branch, info.step, info.id, reason)
+        text = f"rolled back from step {old_step} (branch {old_branch}) to checkpoint {info.id} at step {info.step}; new branch {new}"
+        self._ack(cmd, "applied", text, {"step": self.step}, ("rollback", text))
+
+    def _rollback_target(self, target: int | str) -> tuple[CheckpointInfo, dict[str, Any]]:
+        if isinstance(target, int):
+            info = self._store.checkpoint(target)
+            if info is None:
+                raise _Rejected(f"checkpoint {target} does not exist")
+            if info.status != "ready":
+                raise _Rejected(f"checkpoint {target} is not ready (status {info.status})")
+            candidates = [info]
+        else:
+            ready = self._store.checkpoints(["ready"])
+            if target == "best":
+                candidates = ck.best_first(ready)
+            else:
+                segments = self._store.lineage(self._branch)
+                candidates = ck.newest_first(c for c in ready if ck.in_lineage(c, segments))
+            if not candidates:
+                raise _Rejected(f"no ready checkpoint to roll back to ({target})")
+        loaded = self._load_first(candidates)
+        if loaded is None:
+            raise _Rejected(f"no usable checkpoint for {target}: every candidate failed verification")
+        return loaded
+
+    def _pause_loop(self) -> None:
+        """Block at this step boundary until resume or stop; other commands apply meanwhile."""
+        log.info("trainwarden: paused at step %d", self.step)
+        while self._paused and self._signal is None:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._inbox and self._paused:
+                self._apply(self._inbox.popleft())
+        self._attention = bool(self._inbox)
+
+    def _flush_partial(self) -> None:
+        self._close_window()
+
+    # ---------------------------------------------------------------- signals
+    def _install_handlers(self) -> None:
+        self._previous: dict[int, Any] = {}
+        if self.config.handle_signals and threading.current_thread() is threading.main_thread():
+            for name in _SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._previous_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
+        atexit.register(self._at_exit)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # a second signal: the loop is not reaching a step boundary
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._signal = signum
+        self._attention = True
+        self._wake.set()
+
+    def _on_signal_at_boundary(self) -> None:
+        signum = self._signal or signal.SIGTERM
+        name = signal.Signals(signum).name
+        self._flush_partial()
+        self._event("signal", "warning", f"{name} received at step {self.step}: saving a final checkpoint and exiting")
+        self._save("signal", wait=True)
+        self._shutdown("stopped", save=False, why=f"{name}")
+        raise SystemExit(128 + signum)
+
+    def _excepthook(self, kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        self._crashed = True
+        self._crash_reason = f"{kind.__name__}: {exc}"
+        self._previous_excepthook(kind, exc, tb)
+
+    def _at_exit(self) -> None:
+        if not self._closed:
+            if self._crashed:
+                self._shutdown("crashed", save=False, why=getattr(self, "_crash_reason", None))
+            else:
+                self.close()
+
+    # --------------------------------------------------------------- shutdown
+    def _shutdown(self, status: str, *, save: bool, why: str | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._flush_partial()
+            if save and self._begun and self.step > self._last_save_step:
+                self._save("final", wait=True)
+            self._checkpointer.idle.wait()
+            step = self.step
+            if status == "crashed":
+                self._event("crashed", "error", f"training process failed at step {step}: {why}")
+
+            def finish(s: Store) -> None:
+                s.update_run(status=status, step=step, ended_at=time.time(), heartbeat_at=time.time())
+
+            self._writer.submit(finish)
+        finally:
+            self._checkpointer.stop()
+            self._writer.stop()
+            self._lr.remove()
+            for signum, handler in self._previous.items():
+                try:
+                    signal.signal(signum, handler)
+                except (ValueError, TypeError):
+                    pass
+            if sys.excepthook == self._excepthook:
+                sys.excepthook = self._previous_excepthook
+            atexit.unregister(self._at_exit)
+            self._store.close()
+
+    # ---------------------------------------------------------------- helpers
+    def _event(self, kind: str, severity: str, message: str, data: dict[str, Any] | None = None) -> None:
+        step, branch = self.step, self._branch
+        self._writer.submit(lambda s: s.add_event(kind, severity, message, step=step, branch=branch, data=data))
+
+    def _write_heartbeat(self, store: Store) -> None:
+        store.update_run(heartbeat_at=time.time(), step=self.step)
+
+    def _refuse_second_writer(self, info: Any) -> None:
+        if info.status not in ("running", "paused") or info.pid is None or info.pid == os.getpid():
+            return
+        if info.host == socket.gethostname():
+            try:
+                os.kill(info.pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            raise AttachError(f"{self.run_dir} is already being written by process {info.pid}; stop it first")
+        if info.heartbeat_at and time.time() - info.heartbeat_at < 3 * self.config.heartbeat_interval_s:
+            raise AttachError(f"{self.run_dir} is already being written by process {info.pid} on {info.host}")
+
+    def _recover_interrupted_saves(self) -> None:
+        """Saves left in `writing` by a process that died: mark them failed, drop their files."""
+        for c in self._store.checkpoints(["writing"]):
+            self._store.set_checkpoint_status(c.id, "failed", "interrupted: the training process ended during the write")
+            (self.run_dir / c.path).unlink(missing_ok=True)
+        for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _to_floats(buf: list[Any]) -> list[float]:
+    """Losses as Python floats, with one device-to-host copy for the whole buffer."""
+    if not buf:
+        return []
+    if all(isinstance(x, torch.Tensor) for x in buf):
+        return torch.stack([x.reshape(()) for x in buf]).to("cpu", torch.float32).tolist()
+    return [float(x) for x in buf]

@@ -1,0 +1,211 @@
+"""The agent's two background threads: the store writer and the checkpoint writer.
+
+Both own their own SQLite connection. Neither may ever take the training process down: every
+failure is logged (and, where the store still works, written as an event) and the thread goes on.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import checkpoint as ck
+from .records import CommandInfo
+from .store import Store
+
+log = logging.getLogger("trainwarden.agent")
+
+Job = Callable[[Store], None]
+_STOP = object()
+
+
+class StoreWriter(threading.Thread):
+    """Writes windows, metrics, acknowledgements and heartbeats in order, batching what queues up
+    into one transaction; between jobs it polls the commands table and heartbeats."""
+
+    def __init__(
+        self, store: Store, poll_s: float, heartbeat_s: float,
+        on_commands: Callable[[list[CommandInfo]], None], heartbeat: Callable[[Store], None],
+    ) -> None:
+        super().__init__(name="trainwarden-store", daemon=True)
+        self._store = store  # opened by the caller, used only by this thread from now on
+        self._poll_s = poll_s
+        self._heartbeat_s = heartbeat_s
+        self._on_commands = on_commands
+        self._heartbeat = heartbeat
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._seen_command = 0
+
+    def submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every job submitted so far is written."""
+        done = threading.Event()
+        self._queue.put(lambda store: done.set())
+        return done.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._queue.put(_STOP)
+        self.join(timeout)
+
+    def run(self) -> None:
+        store = self._store
+        next_poll = next_beat = 0.0
+        stopping = False
+        try:
+            while not stopping:
+                now = time.monotonic()
+                timeout = max(0.0, min(next_poll, next_beat) - now)
+                batch: list[Any] = []
+                try:
+                    batch.append(self._queue.get(timeout=timeout))
+                    while len(batch) < 1000:
+                        batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    pass
+                if _STOP in batch:
+                    stopping = True
+                    batch = [j for j in batch if j is not _STOP]
+                self._write(store, batch)
+                now = time.monotonic()
+                if now >= next_poll or stopping:
+                    self._poll(store)
+                    next_poll = now + self._poll_s
+                if now >= next_beat:
+                    self._guard(store, self._heartbeat)
+                    next_beat = now + self._heartbeat_s
+        finally:
+            store.close()
+
+    def _write(self, store: Store, batch: list[Job]) -> None:
+        if not batch:
+            return
+        try:
+            with store.transaction():
+                for job in batch:
+                    job(store)
+        except Exception as exc:
+            log.warning("trainwarden: batched store write failed (%s); retrying one by one", exc)
+            for job in batch:
+                self._guard(store, job)
+
+    def _guard(self, store: Store, job: Job) -> None:
+        try:
+            job(store)
+        except Exception as exc:
+            log.warning("trainwarden: store write failed: %s", exc)
+
+    def _poll(self, store: Store) -> None:
+        try:
+            commands = store.commands(status="pending", after_id=self._seen_command)
+        except Exception as exc:
+            log.warning("trainwarden: cannot read commands: %s", exc)
+            return
+        if commands:
+            self._seen_command = commands[-1].id
+            self._on_commands(commands)
+
+
+@dataclass
+class SaveJob:
+    """A snapshot waiting to be written, and what to tell the store about it."""
+
+    state: dict[str, Any]
+    """The CPU snapshot (its tensors live in the reused snapshot buffers)."""
+    step: int
+    """Step the snapshot was taken after."""
+    branch: int
+    """Branch the state belongs to."""
+    loss: float | None
+    """Windowed training loss at the snapshot."""
+    kind: str
+    """best, last, manual, command, signal or final."""
+    stall_s: float
+    """Seconds the training thread spent taking the snapshot."""
+    command: CommandInfo | None = None
+    """The `save` command to acknowledge once the file is ready (or failed)."""
+
+
+class Checkpointer(threading.Thread):
+    """Writes snapshots to disk one at a time, marks them ready, applies retention."""
+
+    def __init__(
+        self, store: Store, keep_best: int, keep_last: int, current_branch: Callable[[], int],
+        on_done: Callable[[SaveJob, int | None, float, str | None], None],
+    ) -> None:
+        super().__init__(name="trainwarden-checkpoint", daemon=True)
+        self._store = store  # opened by the caller, used only by this thread from now on
+        self._run_dir = store.run_dir
+        self._keep_best = keep_best
+        self._keep_last = keep_last
+        self._current_branch = current_branch
+        self._on_done = on_done
+        self._queue: queue.SimpleQueue[SaveJob | None] = queue.SimpleQueue()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def submit(self, job: SaveJob) -> None:
+        self.idle.clear()
+        self._queue.put(job)
+
+    def stop(self, timeout: float = 600.0) -> None:
+        self._queue.put(None)
+        self.join(timeout)
+
+    def run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            try:
+                self._write(self._store, job)
+            except Exception as exc:  # e.g. the store itself is unwritable: log, never raise
+                log.error("trainwarden: checkpoint at step %d failed: %s", job.step, exc)
+                self._on_done(job, None, 0.0, str(exc))
+            finally:
+                if self._queue.empty():
+                    self.idle.set()
+        self._store.close()
+
+    def _write(self, store: Store, job: SaveJob) -> None:
+        cpu0 = time.thread_time()
+        ckpt_id, rel = store.add_checkpoint(job.step, job.branch, job.loss, job.kind)
+        try:
+            nbytes, digest = ck.write_file(job.state, self._run_dir / rel)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = (
+                f"checkpoint {ckpt_id} at step {job.step} could not be written ({reason}); "
+                "training continues and older checkpoints are intact"
+            )
+            with store.transaction():
+                store.set_checkpoint_status(ckpt_id, "failed", reason)
+                store.add_event("checkpoint_failed", "error", message, step=job.step, branch=job.branch,
+                                data={"checkpoint": ckpt_id, "error": reason})
+                if job.command is not None:
+                    store.ack_command(job.command.id, "rejected", f"checkpoint write failed: {reason}", job.step)
+            log.error("trainwarden: %s", message)
+            self._on_done(job, None, 0.0, reason)
+            return
+        with store.transaction():
+            store.checkpoint_ready(ckpt_id, nbytes, digest)
+            if job.command is not None:
+                store.ack_command(job.command.id, "applied", f"checkpoint {ckpt_id} at step {job.step} is ready", job.step)
+        self._retain(store)
+        self._on_done(job, ckpt_id, time.thread_time() - cpu0, None)
+
+    def _retain(self, store: Store) -> None:
+        ready = store.checkpoints(["ready"])
+        segments = store.lineage(self._current_branch())
+        for c in ck.retention(ready, segments, self._keep_best, self._keep_last):
+            try:
+                (self._run_dir / c.path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("trainwarden: cannot delete %s: %s", c.path, exc)
+                continue
+            store.set_checkpoint_status(c.id, "deleted")

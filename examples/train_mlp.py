@@ -1,0 +1,90 @@
+"""Train a small MLP under trainwarden's agent: a plain PyTorch loop, read it top to bottom.
+
+    python examples/train_mlp.py --run-dir runs/mlp --steps 3000
+
+Run it again with the same --run-dir and it resumes from its newest good checkpoint. While it
+runs, steer it from another shell: `trainwarden show runs/mlp`, `trainwarden lr runs/mlp 1e-4`,
+`trainwarden rollback runs/mlp --best`, `trainwarden pause runs/mlp` ...
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import torch
+from torch import nn
+
+import trainwarden.agent as tw
+
+
+def make_data(seed: int, n: int = 8192, features: int = 32) -> tuple[torch.Tensor, ...]:
+    """A fixed regression task: targets come from a random 'teacher' network plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = nn.Sequential(nn.Linear(features, 64), nn.Tanh(), nn.Linear(64, 1))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+        x = torch.randn(n, features, generator=g)
+        y = teacher(x) + 0.1 * torch.randn(n, 1, generator=g)
+    split = n * 7 // 8
+    return x[:split], y[:split], x[split:], y[split:]
+
+
+def warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default=None, help="run folder (default: $TRAINWARDEN_RUN_DIR or runs/mlp)")
+    parser.add_argument("--steps", type=int, default=3000, help="total training steps")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--batch", type=int, default=128, help="batch size")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden width")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the data and the initial weights")
+    parser.add_argument("--val-every", type=int, default=250, help="steps between validation passes")
+    args = parser.parse_args()
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_val, y_val = make_data(args.seed)
+    model = nn.Sequential(
+        nn.Linear(x_train.shape[1], args.hidden), nn.GELU(),
+        nn.Linear(args.hidden, args.hidden), nn.GELU(),
+        nn.Linear(args.hidden, 1),
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps // 20, args.steps))
+
+    run_dir = args.run_dir or os.environ.get(tw.ENV_RUN_DIR) or "runs/mlp"
+    with tw.attach(run_dir, model=model, optimizer=optimizer, scheduler=scheduler) as run:
+        start = run.resume()
+        print(f"run {run_dir}: {'resuming at step ' + str(start) if start else 'starting'}; {args.steps} steps")
+        while run.step < args.steps:
+            idx = torch.randint(0, x_train.shape[0], (args.batch,))
+            loss = nn.functional.mse_loss(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            run.record(loss)  # no sync, no I/O: the agent batches it
+            if run.step % args.val_every == 0:
+                with torch.no_grad():
+                    val = nn.functional.mse_loss(model(x_val), y_val)
+                run.record_val(val)
+                print(f"step {run.step:6d}  train {loss.item():.4f}  val {val.item():.4f}  lr {run.lr:.2e}")
+            if run.should_stop:
+                print("stop requested: leaving the loop")
+                break
+    print(f"done at step {run.step}; see `trainwarden show {run_dir}`")
+
+
+if __name__ == "__main__":
+    main()

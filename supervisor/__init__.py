@@ -1,0 +1,1 @@
+"""The supervisor daemon (issue 3) and the command line."""

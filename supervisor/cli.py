@@ -1,0 +1,395 @@
+"""The `trainwarden` command line: look at runs and steer them through their stores.
+
+Exit codes: 0 done, 1 the agent rejected the command, 2 bad input or an unreadable store,
+3 the command was queued but not acknowledged (the run is not live, or the timeout passed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainwarden.agent.commands import CommandError, positive_finite, rollback_target
+from trainwarden.agent.records import CheckpointInfo, RunInfo
+from trainwarden.agent.store import DB_NAME, Store, StoreError
+
+ENV_ROOT = "TRAINWARDEN_ROOT"
+EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_NOT_ACKED = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+# ------------------------------------------------------------------- helpers
+def default_root() -> Path:
+    return Path(os.environ.get(ENV_ROOT, "runs"))
+
+
+def resolve_run(text: str) -> Path:
+    """A run given as a folder path, or as a name under the default root."""
+    path = Path(text)
+    if not path.exists() and not path.is_absolute() and (default_root() / text).exists():
+        path = default_root() / text
+    return path
+
+
+def open_store(text: str) -> Store:
+    try:
+        return Store.open(resolve_run(text))
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def find_runs(root: Path, depth: int = 3) -> list[Path]:
+    """Run folders at or below `root` (a few levels deep), sorted by path."""
+    if (root / DB_NAME).is_file():
+        return [root]
+    found: list[Path] = []
+    frontier = [root]
+    for _ in range(depth):
+        nxt = []
+        for folder in frontier:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir())
+            except OSError:
+                continue
+            for child in children:
+                (found if (child / DB_NAME).is_file() else nxt).append(child)
+        frontier = nxt
+    return sorted(found)
+
+
+def liveness(info: RunInfo, now: float | None = None) -> str:
+    """The run's status as an operator should read it: a run marked running whose process is
+    gone is shown as crashed, and one whose heartbeat stopped as stale."""
+    if info.status not in ("running", "paused"):
+        return info.status
+    now = time.time() if now is None else now
+    if info.pid is not None and info.host == socket.gethostname():
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            return "crashed"
+        except PermissionError:
+            pass
+    beat = float(info.config.get("heartbeat_interval_s", 2.0))
+    if info.status == "running" and info.heartbeat_at is not None and now - info.heartbeat_at > max(10.0, 5 * beat):
+        return "stale"
+    return info.status
+
+
+def age(seconds_ago: float | None) -> str:
+    if seconds_ago is None:
+        return "-"
+    s = max(0.0, seconds_ago)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    if s < 172800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f}{unit}" if unit == "B" else f"{nbytes:.1f}{unit}"
+        nbytes /= 1024
+    return "-"
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def issuer() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def newest_ready(ckpts: list[CheckpointInfo]) -> CheckpointInfo | None:
+    ready = [c for c in ckpts if c.status == "ready"]
+    return max(ready, key=lambda c: c.ready_at or 0.0) if ready else None
+
+
+# ------------------------------------------------------------------ commands
+def cmd_ls(args: argparse.Namespace) -> int:
+    root = Path(args.root) if args.root else default_root()
+    if not root.is_dir():
+        raise CliError(f"{root}: no such folder")
+    rows = []
+    now = time.time()
+    for path in find_runs(root):
+        try:
+            with Store.open(path) as s:
+                info = s.run()
+                latest = newest_ready(s.checkpoints(["ready"]))
+        except StoreError as exc:
+            rows.append([path.name, "unreadable", "-", "-", "-", "-", "-", str(exc)])
+            continue
+        rows.append([
+            info.name, liveness(info, now), info.step, fmt(info.last_loss), fmt(info.lr, ".3g"),
+            age(now - latest.ready_at) if latest and latest.ready_at else "-",
+            age(now - info.heartbeat_at) if info.heartbeat_at else "-", str(path),
+        ])
+    if not rows:
+        print(f"no runs under {root}")
+        return EXIT_OK
+    print(table(rows, ["NAME", "STATUS", "STEP", "LOSS", "LR", "CKPT AGE", "HEARTBEAT", "PATH"]))
+    return EXIT_OK
+
+
+def _checkpoint_rows(ckpts: list[CheckpointInfo], now: float) -> list[list[Any]]:
+    return [[c.id, c.step, c.branch, fmt(c.loss), c.kind, c.status, size(c.bytes),
+             age(now - c.created_at), c.error or ""] for c in ckpts]
+
+
+_CKPT_HEADER = ["ID", "STEP", "BRANCH", "LOSS", "KIND", "STATUS", "SIZE", "AGE", "NOTE"]
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with open_store(args.run) as s:
+        info = s.run()
+        windows = s.windows(newest=True, limit=args.windows)
+        ckpts = s.checkpoints()
+        branches = s.branches()
+        pending = s.commands(status="pending")
+        recent = s.commands()[-5:]
+    if args.json:
+        print(json.dumps({
+            "run": info.model_dump() | {"liveness": liveness(info)},
+            "windows": [w.model_dump(exclude={"losses"}) for w in windows],
+            "checkpoints": [c.model_dump() for c in ckpts],
+            "branches": [b.model_dump() for b in branches],
+            "pending_commands": [c.model_dump() for c in pending],
+        }, indent=2))
+        return EXIT_OK
+    now = time.time()
+    print(f"run      {info.name}  ({resolve_run(args.run)})")
+    print(f"status   {liveness(info, now)}   pid {info.pid} on {info.host}   heartbeat {age(now - info.heartbeat_at) if info.heartbeat_at else '-'} ago")
+    print(f"step     {info.step}   branch {info.branch}   loss {fmt(info.last_loss)}")
+    print(f"lr       {fmt(info.lr, '.4g')}   multiplier {info.lr_multiplier:.4g}")
+    print("\nlast windows")
+    print(table([[w.branch, f"{w.first_step}-{w.last_step}", fmt(w.mean), fmt(w.min), fmt(w.max), w.nonfinite,
+                  fmt(w.lr, '.3g'), fmt(w.steps_per_s, '.1f')] for w in windows],
+                ["BRANCH", "STEPS", "MEAN", "MIN", "MAX", "NON-FINITE", "LR", "STEPS/S"]))
+    print("\ncheckpoints")
+    shown = [c for c in ckpts if c.status != "deleted"]
+    print(table(_checkpoint_rows(shown, now), _CKPT_HEADER) if shown else "(none)")
+    print("\nbranches")
+    print(table([[b.id, "-" if b.parent is None else b.parent, b.fork_step, b.reason] for b in branches],
+                ["ID", "PARENT", "FORK STEP", "REASON"]))
+    print("\ncommands (pending first, then the latest)")
+    cmds = pending + [c for c in recent if c.status != "pending"]
+    print(table([[c.id, c.kind, json.dumps(c.args) if c.args else "", c.status, c.result or "", c.issuer] for c in cmds],
+                ["ID", "KIND", "ARGS", "STATUS", "RESULT", "ISSUER"]) if cmds else "(none)")
+    return EXIT_OK
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    with open_store(args.run) as s:
+        ckpts = s.checkpoints()
+    if not args.all:
+        ckpts = [c for c in ckpts if c.status != "deleted"]
+    if args.json:
+        print(json.dumps([c.model_dump() for c in ckpts], indent=2))
+    else:
+        print(table(_checkpoint_rows(ckpts, time.time()), _CKPT_HEADER) if ckpts else "no checkpoints")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with open_store(args.run) as s:
+        if args.csv:
+            out = csv.writer(sys.stdout, lineterminator="\n")
+            out.writerow(["step", "branch", "train_loss"])
+            for step, branch, loss in s.history():
+                out.writerow([step, branch, repr(loss)])
+            return EXIT_OK
+        branches = s.branches()
+        spans = {b.id: (b.fork_step, s.max_step(b.id)) for b in branches}
+        current = s.run().branch
+    print(table([[b.id, "-" if b.parent is None else b.parent, f"{spans[b.id][0] + 1}-{spans[b.id][1]}",
+                  "current" if b.id == current else "", b.reason] for b in branches],
+                ["BRANCH", "PARENT", "STEPS", "", "REASON"]))
+    print("\n(use --csv for every recorded step: step,branch,train_loss)")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with open_store(args.run) as s:
+        events = s.events(limit=args.limit)
+    if args.json:
+        for e in events:
+            print(json.dumps(e.model_dump()))
+        return EXIT_OK
+    for e in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+        print(f"{stamp}  {e.severity:7s} {e.kind:18s} step {e.step if e.step is not None else '-':>7}  {e.message}")
+    return EXIT_OK
+
+
+def _send(args: argparse.Namespace, kind: str, cmd_args: dict[str, Any]) -> int:
+    """Write a command, then wait for the agent's acknowledgement unless told not to."""
+    with open_store(args.run) as s:
+        info = s.run()
+        if kind == "rollback" and isinstance(cmd_args["target"], int):
+            target = s.checkpoint(cmd_args["target"])
+            if target is None:
+                raise CliError(f"checkpoint {cmd_args['target']} does not exist in {info.name}")
+            if target.status != "ready":
+                raise CliError(f"checkpoint {target.id} is not ready (status {target.status}); "
+                               "see `trainwarden checkpoints`")
+        command_id = s.add_command(kind, cmd_args, issuer())
+        print(f"command {command_id}: {kind} {json.dumps(cmd_args) if cmd_args else ''}".rstrip())
+        if args.no_wait:
+            return EXIT_OK
+        state = liveness(info)
+        if state not in ("running", "paused"):
+            print(f"queued: {info.name} is {state}; the command will be applied when training attaches again",
+                  file=sys.stderr)
+            return EXIT_NOT_ACKED
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            cmd = s.command(command_id)
+            if cmd is not None and cmd.status != "pending":
+                print(f"{cmd.status}: {cmd.result}")
+                return EXIT_OK if cmd.status == "applied" else EXIT_REJECTED
+            time.sleep(0.1)
+    print(f"not acknowledged within {args.timeout:g}s; the command stays queued (id {command_id})", file=sys.stderr)
+    return EXIT_NOT_ACKED
+
+
+def cmd_simple(args: argparse.Namespace) -> int:
+    return _send(args, args.verb, {})
+
+
+def cmd_lr(args: argparse.Namespace) -> int:
+    try:
+        if args.value is not None and args.scale is not None:
+            raise CliError("give either a learning rate or --scale, not both")
+        if args.value is not None:
+            return _send(args, "set_lr", {"value": positive_finite(args.value, "learning rate")})
+        if args.scale is not None:
+            return _send(args, "scale_lr", {"factor": positive_finite(args.scale, "LR scale factor")})
+    except CommandError as exc:
+        raise CliError(str(exc)) from None
+    with open_store(args.run) as s:
+        info = s.run()
+    print(f"lr {fmt(info.lr, '.6g')} (multiplier {info.lr_multiplier:.6g})")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    chosen = [t for t in (args.checkpoint, "best" if args.best else None, "last" if args.last else None) if t]
+    if len(chosen) > 1:
+        raise CliError("give one of CHECKPOINT, --best or --last")
+    try:
+        target = rollback_target(chosen[0] if chosen else "best")
+    except CommandError as exc:
+        raise CliError(str(exc)) from None
+    return _send(args, "rollback", {"target": target})
+
+
+# ---------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainwarden",
+        description="Watch and steer PyTorch training runs through their trainwarden stores.",
+        epilog="Exit codes: 0 ok, 1 rejected by the run, 2 bad input, 3 not acknowledged. "
+               f"RUN is a run folder, or a name under ${ENV_ROOT} (default ./runs).",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ls", help="list runs under a root folder")
+    p.add_argument("root", nargs="?", help=f"folder to search (default ${ENV_ROOT} or ./runs)")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("show", help="status, step, LR, loss, windows, checkpoints, branches, commands")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--windows", type=int, default=5, help="how many recent windows to show")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("checkpoints", help="list a run's checkpoints")
+    p.add_argument("run")
+    p.add_argument("--all", action="store_true", help="include deleted ones")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_checkpoints)
+
+    p = sub.add_parser("history", help="the loss history: branches, or every step with --csv")
+    p.add_argument("run")
+    p.add_argument("--csv", action="store_true", help="print step,branch,train_loss for every recorded step")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("events", help="what the agent (and later the supervisor) reported")
+    p.add_argument("run")
+    p.add_argument("--limit", type=int, default=50, help="how many of the newest events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_events)
+
+    def waiting(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the acknowledgement")
+        p.add_argument("--no-wait", action="store_true", help="queue the command and return at once")
+
+    for verb, text in (("pause", "hold the run at its next step boundary"), ("resume", "continue a paused run"),
+                       ("save", "checkpoint now (acknowledged once the file is ready)"),
+                       ("stop", "ask the run to stop at its next step boundary")):
+        p = sub.add_parser(verb, help=text)
+        waiting(p)
+        p.set_defaults(func=cmd_simple)
+
+    p = sub.add_parser("lr", help="set the learning rate (or scale it); without a value, show it")
+    waiting(p)
+    p.add_argument("value", nargs="?", help="new learning rate of parameter group 0 (others follow)")
+    p.add_argument("--scale", metavar="F", help="multiply the learning rate by F instead")
+    p.set_defaults(func=cmd_lr)
+
+    p = sub.add_parser("rollback", help="reload a checkpoint and its loss history in the live run")
+    waiting(p)
+    p.add_argument("checkpoint", nargs="?", help="checkpoint id (see `trainwarden checkpoints`)")
+    p.add_argument("--best", action="store_true", help="the ready checkpoint with the lowest loss (default)")
+    p.add_argument("--last", action="store_true", help="the newest ready checkpoint of the current history")
+    p.set_defaults(func=cmd_rollback)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"trainwarden: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreError as exc:
+        print(f"trainwarden: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The operator TUI (issue 4): not built yet."""
