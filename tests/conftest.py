@@ -1,0 +1,76 @@
+"""Shared fixtures: real stores in temporary folders, real training subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # tests import tiny_train as a module
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+def cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `trainwarden` command line as a user would."""
+    return subprocess.run(["trainwarden", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+class Trainer:
+    """A tiny training running in a subprocess (tests/tiny_train.py)."""
+
+    def __init__(self, run_dir: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "tiny_train.py"), "--run-dir", str(run_dir), *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def next_event(self, timeout: float = 60.0) -> dict:
+        line = self.proc.stdout.readline()  # tiny_train prints promptly; a dead child gives ""
+        if not line:
+            raise AssertionError(f"trainer exited without output: {self.proc.wait()} {self.proc.stderr.read()}")
+        return json.loads(line)
+
+    def wait(self, timeout: float = 120.0) -> tuple[int, list[dict], str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, [json.loads(x) for x in out.splitlines() if x.strip()], err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def trainer() -> Iterator[Callable[..., Trainer]]:
+    started: list[Trainer] = []
+
+    def start(run_dir: Path, *args: str) -> Trainer:
+        t = Trainer(run_dir, *args)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.kill()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
+    """Poll until `predicate()` is truthy; fail the test with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
