@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import re
 import sys
 import zipfile
 from collections import OrderedDict
@@ -144,8 +145,12 @@ def load_file(path: Path, sha256: str | None) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointCorrupt(f"file {path.name} was refused by the safe loader: {first}") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise CheckpointCorrupt(
+            f"file {path.name} was refused by the safe loader: it holds code or objects other than "
+            f"tensors and plain containers{what}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointCorrupt(f"file {path.name} cannot be read: {first}") from None

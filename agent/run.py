@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ck
+from .cadence import save_due
 from .commands import CommandError, validate
 from .config import AgentConfig
 from .lr import LRControl
@@ -184,6 +185,12 @@ class Run:
             self._begin_fresh()
         self._save(kind, wait=True)
 
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until the checkpoint being written (if any) is on disk and everything recorded
+        in complete windows is in the store. Training never needs this; scripts and tests may."""
+        self._checkpointer.idle.wait(timeout)
+        self._writer.flush(timeout)
+
     def close(self) -> None:
         """Flush the partial window, save a final checkpoint, wait for writes, mark the run done."""
         self._shutdown("stopped" if self.should_stop else "finished", save=self.config.save_on_close)
@@ -254,18 +261,10 @@ class Run:
         A window with a NaN/Inf loss is never saved automatically."""
         if not self._checkpointer.idle.is_set():
             return  # the previous checkpoint is still being written: try at the next window
-        cfg = self.config
         since = time.monotonic() - self._last_save_time
-        if since < cfg.min_save_interval_s:
-            return
-        if cfg.save_every_steps is not None or cfg.save_every_seconds is not None:
-            due = (cfg.save_every_steps is not None and self.step - self._last_save_step >= cfg.save_every_steps) or \
-                  (cfg.save_every_seconds is not None and since >= cfg.save_every_seconds)
-        else:
-            # CheckFreq-style: keep the measured cost of saving under the budgeted share of time.
-            due = self._save_cost_s is None or since >= self._save_cost_s / cfg.checkpoint_budget
-        if due:
-            self._save("best" if improved(loss, self._best_loss, cfg.best_margin) else "last", wait=False, loss=loss)
+        if save_due(self.config, since, self.step - self._last_save_step, self._save_cost_s):
+            kind = "best" if improved(loss, self._best_loss, self.config.best_margin) else "last"
+            self._save(kind, wait=False, loss=loss)
 
     # ------------------------------------------------------------ checkpoints
     def _save(self, kind: str, *, wait: bool, loss: float | None = None, command: CommandInfo | None = None) -> None:
@@ -315,7 +314,7 @@ class Run:
             try:
                 return info, ck.load_file(self.run_dir / info.path, info.sha256)
             except ck.CheckpointCorrupt as exc:
-                reason = str(exc)
+                reason = self._last_load_error = str(exc)
                 self._writer.submit(lambda s, i=info, r=reason: (
                     s.set_checkpoint_status(i.id, "corrupt", r),
                     s.add_event("checkpoint_corrupt", "warning",
@@ -450,6 +449,8 @@ class Run:
                 raise _Rejected(f"no ready checkpoint to roll back to ({target})")
         loaded = self._load_first(candidates)
         if loaded is None:
+            if isinstance(target, int):
+                raise _Rejected(f"checkpoint {target} cannot be used: {self._last_load_error}")
             raise _Rejected(f"no usable checkpoint for {target}: every candidate failed verification")
         return loaded
 

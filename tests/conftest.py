@@ -74,3 +74,33 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+FAST = dict(command_poll_interval_s=0.05, heartbeat_interval_s=0.2)
+"""AgentConfig settings that make in-process tests react quickly."""
+
+
+def issue(run_dir: Path, kind: str, args: dict | None = None, issuer: str = "test") -> int:
+    """Write a command into a run's store, as the CLI or the daemon would."""
+    from trainwarden.agent.store import Store
+
+    with Store.open(run_dir) as s:
+        return s.add_command(kind, args or {}, issuer)
+
+
+def train_until_acked(run, step: Callable[[], object], command_id: int, max_steps: int = 100_000,
+                      timeout: float = 30.0):
+    """Keep training in-process until the agent has acknowledged the command; returns it."""
+    from trainwarden.agent.store import Store
+
+    deadline = time.monotonic() + timeout
+    with Store.open(run.run_dir) as s:
+        for _ in range(max_steps):
+            run.record(step())
+            cmd = s.command(command_id)
+            if cmd.status != "pending":
+                return cmd
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+    raise AssertionError(f"command {command_id} not acknowledged")

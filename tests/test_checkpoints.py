@@ -1,0 +1,264 @@
+"""Checkpoints: contents, retention, adaptive cadence, and every way a file can go bad."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+
+import pytest
+import torch
+from conftest import FAST, issue, train_until_acked
+from tiny_train import build, params_digest, train_step
+
+import trainwarden.agent as tw
+from trainwarden.agent.cadence import save_due
+from trainwarden.agent.checkpoint import file_sha256
+from trainwarden.agent.store import DB_NAME, Store
+
+
+def attach(run_dir, hidden: int = 32, **config):
+    model, opt, sched, batch = build(hidden=hidden, scheduler="step", steps=400)
+    settings = dict(window=10, save_every_steps=10, keep_best=20, keep_last=20) | FAST | config
+    run = tw.attach(run_dir, model=model, optimizer=opt, scheduler=sched, config=tw.AgentConfig(**settings))
+    step = lambda: train_step(model, opt, sched, batch)  # noqa: E731
+    return run, model, step
+
+
+def train(run, step, n: int) -> None:
+    for _ in range(n):
+        run.record(step())
+
+
+def ready(run_dir) -> list:
+    with Store.open(run_dir) as s:
+        return s.checkpoints(["ready"])
+
+
+def events(run_dir, kind: str) -> list:
+    with Store.open(run_dir) as s:
+        return [e for e in s.events() if e.kind == kind]
+
+
+class TestContents:
+    def test_a_checkpoint_holds_everything_needed_to_continue(self, run_dir):
+        import numpy  # noqa: F401  (so the numpy RNG state is captured too)
+
+        run, model, step = attach(run_dir)
+        train(run, step, 37)
+        run.save()
+        (newest,) = [c for c in ready(run_dir) if c.step == 37]
+        assert newest.kind == "manual" and newest.bytes > 0 and len(newest.sha256) == 64
+        assert file_sha256(run_dir / newest.path) == newest.sha256
+        state = torch.load(run_dir / newest.path, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "scaler", "rng", "step", "branch", "lr_multiplier",
+                "loss_history"} <= set(state)
+        assert state["step"] == 37 and state["branch"] == 0 and state["lr_multiplier"] == 1.0
+        assert {"torch", "python", "numpy"} <= set(state["rng"])
+        assert state["optimizer"]["state"], "momentum buffers are saved"
+        assert state["scheduler"]["last_epoch"] == 37
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(state["model"][name], tensor)
+        run.close()
+        with Store.open(run_dir) as s:
+            history = [loss for _, _, loss in s.history(0)][:37]
+        assert state["loss_history"].tolist() == pytest.approx(history)
+
+    def test_resume_restores_weights_step_history_and_rng(self, run_dir):
+        run, model, step = attach(run_dir)
+        train(run, step, 30)
+        run.close()  # saved at 30 (every 10 steps)
+        expected_weights = params_digest(model)
+        torch.manual_seed(999)  # scramble the RNG: resume must restore the saved one
+        run, model, step = attach(run_dir)
+        assert run.resume() == 30
+        assert params_digest(model) == expected_weights
+        after_resume = torch.rand(3)
+        with Store.open(run_dir) as s:
+            c = max(s.checkpoints(["ready"]), key=lambda c: c.step)
+        state = torch.load(run_dir / c.path, weights_only=True)
+        torch.set_rng_state(state["rng"]["torch"])
+        assert torch.equal(torch.rand(3), after_resume)
+        run.close()
+
+
+class TestCorruptFiles:
+    @pytest.mark.parametrize("damage", ["truncate", "bitflip", "delete"])
+    def test_resume_skips_a_damaged_checkpoint_and_uses_the_previous_one(self, run_dir, damage):
+        run, model, step = attach(run_dir)
+        train(run, step, 50)
+        run.close()
+        previous, newest = sorted(ready(run_dir), key=lambda c: c.step)[-2:]
+        path = run_dir / newest.path
+        data = bytearray(path.read_bytes())
+        if damage == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        elif damage == "bitflip":
+            data[len(data) // 2] ^= 0x10
+            path.write_bytes(bytes(data))
+        else:
+            path.unlink()
+        expected = torch.load(run_dir / previous.path, weights_only=True)["model"]
+
+        run, model, step = attach(run_dir)
+        assert run.resume() == previous.step
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, expected[name])
+        train(run, step, 5)  # training goes on
+        run.close()
+        with Store.open(run_dir) as s:
+            assert s.checkpoint(newest.id).status == "corrupt"
+            assert s.checkpoint(previous.id).status == "ready"
+            (warning,) = [e for e in s.events() if e.kind == "checkpoint_corrupt"]
+            assert warning.severity == "warning" and f"checkpoint {newest.id}" in warning.message
+            # steps 41..50 of the first attempt are kept, under the old branch
+            assert [st for st, b, _ in s.history() if b == 0][-1] == 50
+            assert [st for st, _, _ in s.history(s.run().branch)] == list(range(1, previous.step + 6))
+
+    def test_rollback_to_a_damaged_checkpoint(self, run_dir):
+        run, model, step = attach(run_dir)
+        train(run, step, 40)
+        best = min(ready(run_dir), key=lambda c: c.loss)
+        path = run_dir / best.path
+        path.write_bytes(path.read_bytes()[:100])
+        cmd = train_until_acked(run, step, issue(run_dir, "rollback", {"target": best.id}))
+        assert cmd.status == "rejected" and "does not match its checksum" in cmd.result
+        cmd = train_until_acked(run, step, issue(run_dir, "rollback", {"target": "best"}))
+        assert cmd.status == "applied", cmd.result  # "best" falls back to the next good one
+        assert f"checkpoint {best.id} " not in cmd.result
+        run.close()
+        assert events(run_dir, "checkpoint_corrupt")
+
+    def test_a_malicious_pickle_is_refused_and_nothing_runs(self, run_dir, tmp_path):
+        marker = tmp_path / "pwned"
+
+        class Evil:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        run, model, step = attach(run_dir)
+        train(run, step, 30)
+        run.close()
+        newest = max(ready(run_dir), key=lambda c: c.step)
+        path = run_dir / newest.path
+        torch.save({"format": "trainwarden-checkpoint", "payload": Evil()}, path)
+        # An attacker who can write the folder can also fix the checksum: the loader must still refuse.
+        db = sqlite3.connect(run_dir / DB_NAME)
+        db.execute("UPDATE checkpoints SET sha256 = ? WHERE id = ?", (file_sha256(path), newest.id))
+        db.commit()
+        db.close()
+
+        expected = sorted(c.step for c in ready(run_dir))[-2]
+        run, model, step = attach(run_dir)
+        assert run.resume() == expected
+        run.close()
+        assert not marker.exists()
+        (warning,) = events(run_dir, "checkpoint_corrupt")
+        assert "refused by the safe loader" in warning.message and "open" in warning.message
+
+
+class TestDiskFull:
+    def test_a_full_disk_fails_the_save_not_the_training(self, tmp_path):
+        mount = tmp_path / "small-disk"
+        mount.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("needs root and mount to make a small real filesystem")
+        try:
+            run_dir = mount / "run"
+            run, model, step = attach(run_dir, hidden=4096, save_every_steps=None, save_every_seconds=3600.0)
+            train(run, step, 20)
+            run.save()
+            (good,) = ready(run_dir)
+            vfs = os.statvfs(mount)
+            filler = mount / "filler"
+            with open(filler, "wb") as f:
+                f.write(b"\0" * (vfs.f_bavail * vfs.f_frsize - 160 * 1024))
+            train(run, step, 20)
+            run.save()  # does not raise
+            train(run, step, 20)  # training continues
+            with Store.open(run_dir) as s:
+                failed = [c for c in s.checkpoints() if c.status == "failed"]
+                (error,) = [e for e in s.events() if e.kind == "checkpoint_failed"]
+            assert len(failed) == 1 and "No space left on device" in failed[0].error
+            assert error.severity == "error" and "training continues" in error.message
+            assert not (run_dir / failed[0].path).exists() and not list((run_dir / "checkpoints").glob("*.tmp"))
+            assert file_sha256(run_dir / good.path) == good.sha256  # the older checkpoint is intact
+            filler.unlink()
+            run.save()
+            assert max(c.step for c in ready(run_dir)) == 60
+            run.close()
+            with Store.open(run_dir) as s:
+                assert [st for st, _, _ in s.history(0)] == list(range(1, 61))
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
+
+
+class TestRetention:
+    def test_keeps_the_best_k_and_the_last_n(self, run_dir):
+        run, model, step = attach(run_dir, keep_best=2, keep_last=2)
+        for _ in range(20):
+            train(run, step, 10)
+            run.flush()
+        run.close()
+        with Store.open(run_dir) as s:
+            every = s.checkpoints()
+        kept = [c for c in every if c.status == "ready"]
+        gone = [c for c in every if c.status == "deleted"]
+        assert len(every) >= 20 and gone
+        assert len(kept) <= 2 + 2 + 1
+        best_two = sorted((c for c in every if c.loss is not None), key=lambda c: c.loss)[:2]
+        assert {c.id for c in best_two} <= {c.id for c in kept}
+        newest_two = sorted(every, key=lambda c: c.step)[-2:]
+        assert {c.id for c in newest_two} <= {c.id for c in kept}
+        for c in gone:
+            assert not (run_dir / c.path).exists()
+        for c in kept:
+            assert file_sha256(run_dir / c.path) == c.sha256
+        leftovers = {p.name for p in (run_dir / "checkpoints").iterdir()}
+        assert leftovers == {os.path.basename(c.path) for c in kept}
+
+
+class TestNonFinite:
+    def test_a_nan_window_is_never_saved_as_best(self, run_dir):
+        run, model, step = attach(run_dir, window=5, save_every_steps=5)
+        for loss in [1.0] * 5 + [0.5] * 5 + [0.1, float("nan"), 0.1, 0.1, 0.1] + [float("inf")] * 5:
+            run.record(loss)
+            run.flush()  # so each due save finds the writer idle
+        run.save()  # an operator's save still happens; its loss is unknown
+        saved = ready(run_dir)
+        assert sorted(c.step for c in saved) == [5, 10, 20]
+        manual = [c for c in saved if c.step == 20][0]
+        assert manual.kind == "manual" and manual.loss is None
+        best = min((c for c in saved if c.loss is not None), key=lambda c: c.loss)
+        assert best.step == 10
+        cmd = train_until_acked(run, lambda: 5.0, issue(run_dir, "rollback", {"target": "best"}))
+        assert f"checkpoint {best.id} at step 10" in cmd.result
+        run.close()
+
+
+class TestCadence:
+    """The adaptive save interval (pure decisions)."""
+
+    def test_adaptive_interval_follows_the_measured_cost(self):
+        cfg = tw.AgentConfig(checkpoint_budget=0.02)
+        assert save_due(cfg, 0.0, 0, None)  # no measurement yet: save to measure
+        assert not save_due(cfg, 0.49, 1000, 0.01)  # 10 ms per save -> every 0.5 s at 2 %
+        assert save_due(cfg, 0.5, 1000, 0.01)
+        assert not save_due(cfg, 99.0, 1000, 2.0)  # a 2 s save -> every 100 s
+        assert save_due(cfg, 100.0, 1000, 2.0)
+
+    def test_fixed_intervals_and_the_floor(self):
+        assert save_due(tw.AgentConfig(save_every_steps=100), 0.0, 100, 50.0)
+        assert not save_due(tw.AgentConfig(save_every_steps=100), 1e6, 99, 0.0)
+        assert save_due(tw.AgentConfig(save_every_seconds=60), 60.0, 1, 50.0)
+        assert not save_due(tw.AgentConfig(save_every_steps=1, min_save_interval_s=5), 4.9, 10, 0.0)
+
+    def test_a_small_model_is_saved_every_few_windows_by_default(self, run_dir):
+        run, model, step = attach(run_dir, save_every_steps=None, keep_best=1000, keep_last=1000)
+        windows = 200
+        train(run, step, 10 * windows)
+        run.close()
+        with Store.open(run_dir) as s:
+            saves = [c for c in s.checkpoints() if c.kind in ("best", "last")]
+        # Saving costs milliseconds and the budget is 2 %: not every window, but not never.
+        assert 1 < len(saves) < windows / 2
