@@ -1,6 +1,6 @@
 """Train a small MLP under trainwarden's agent: a plain PyTorch loop, read it top to bottom.
 
-    python examples/train_mlp.py --run-dir runs/mlp --steps 3000
+    python examples/train_mlp.py --run-dir runs/mlp
 
 Run it again with the same --run-dir and it resumes from its newest good checkpoint. While it
 runs, steer it from another shell: `trainwarden show runs/mlp`, `trainwarden lr runs/mlp 1e-4`,
@@ -18,7 +18,7 @@ from torch import nn
 import trainwarden.agent as tw
 
 
-def make_data(seed: int, n: int = 8192, features: int = 32) -> tuple[torch.Tensor, ...]:
+def make_data(seed: int, n: int = 32768, features: int = 32) -> tuple[torch.Tensor, ...]:
     """A fixed regression task: targets come from a random 'teacher' network plus noise."""
     g = torch.Generator().manual_seed(seed)
     teacher = nn.Sequential(nn.Linear(features, 64), nn.Tanh(), nn.Linear(64, 1))
@@ -43,12 +43,12 @@ def warmup_cosine(warmup: int, total: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=None, help="run folder (default: $TRAINWARDEN_RUN_DIR or runs/mlp)")
-    parser.add_argument("--steps", type=int, default=3000, help="total training steps")
+    parser.add_argument("--steps", type=int, default=12000, help="total training steps (about a minute on 2 cores)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    parser.add_argument("--batch", type=int, default=128, help="batch size")
-    parser.add_argument("--hidden", type=int, default=256, help="hidden width")
+    parser.add_argument("--batch", type=int, default=256, help="batch size")
+    parser.add_argument("--hidden", type=int, default=512, help="hidden width")
     parser.add_argument("--seed", type=int, default=0, help="seed for the data and the initial weights")
-    parser.add_argument("--val-every", type=int, default=250, help="steps between validation passes")
+    parser.add_argument("--val-every", type=int, default=1000, help="steps between validation passes")
     args = parser.parse_args()
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
