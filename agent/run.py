@@ -210,6 +210,8 @@ class Run:
     def _begin_fresh(self) -> None:
         """Start at step 0. A history that already has steps gets a new branch, so no step is
         recorded twice."""
+        if self._closed:
+            raise RuntimeError("this run is closed: attach again to record more steps")
         self._begun = True
         if self._store.max_step(self._branch) > 0:
             self._fork(self._branch, 0, None, "started again from step 0 (no usable checkpoint)")
@@ -514,9 +516,10 @@ class Run:
         if self._closed:
             return
         self._closed = True
+        begun, self._begun = self._begun, False  # a record() after close() now fails loudly
         try:
             self._flush_partial()
-            if save and self._begun and self.step > self._last_save_step:
+            if save and begun and self.step > self._last_save_step:
                 self._save("final", wait=True)
             self._checkpointer.idle.wait()
             step = self.step

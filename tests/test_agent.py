@@ -203,3 +203,20 @@ class TestPause:
             run.record(step())
         assert run.step == before + 5
         run.close()
+
+
+class TestConfig:
+    @pytest.mark.parametrize("field,value", [("window", 0), ("checkpoint_budget", float("nan")),
+                                             ("keep_best", -1), ("save_every_seconds", float("inf")),
+                                             ("best_margin", "a lot"), ("windw", 10)])
+    def test_nonsense_is_rejected_naming_the_field(self, field, value):
+        with pytest.raises(ValueError) as info:
+            tw.AgentConfig(**{field: value})
+        assert field in str(info.value)
+
+    def test_record_after_close_fails_loudly(self, run_dir):
+        run, step = attach(run_dir)
+        run.record(step())
+        run.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            run.record(step())
