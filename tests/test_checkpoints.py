@@ -85,6 +85,34 @@ class TestContents:
         run.close()
 
 
+class TestGradScaler:
+    def test_the_scalers_state_is_saved_and_restored(self, run_dir):
+        if not hasattr(torch, "amp") or not hasattr(torch.amp, "GradScaler"):
+            pytest.skip("torch.amp.GradScaler needs torch >= 2.3")
+        model, opt, _, batch = build()
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=5)
+        run = tw.attach(run_dir, model=model, optimizer=opt, scaler=scaler,
+                        config=tw.AgentConfig(window=10, save_every_steps=10, **FAST))
+        for _ in range(12):
+            x, y = batch()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            run.record(loss)
+        run.close()  # final checkpoint at step 12
+        grown = scaler.get_scale()
+        assert grown > 1024.0  # it grew every 5 finite steps
+
+        model, opt, _, _ = build()
+        fresh = torch.amp.GradScaler("cpu", init_scale=1.0)
+        run = tw.attach(run_dir, model=model, optimizer=opt, scaler=fresh, config=tw.AgentConfig(**FAST))
+        assert run.resume() == 12
+        assert fresh.get_scale() == grown
+        run.close()
+
+
 class TestCorruptFiles:
     @pytest.mark.parametrize("damage", ["truncate", "bitflip", "delete"])
     def test_resume_skips_a_damaged_checkpoint_and_uses_the_previous_one(self, run_dir, damage):
