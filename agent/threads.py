@@ -21,11 +21,16 @@ log = logging.getLogger("trainwarden.agent")
 
 Job = Callable[[Store], None]
 _STOP = object()
+_LINGER_S = 0.01
+"""How long the store writer lets jobs gather after the first one: when steps are fast, a burst
+of windows then costs one wake-up and one transaction instead of one each. Each wake-up and
+each SQLite call hands the GIL back and forth with the training thread, which costs it more than
+the writes themselves: half of record()'s 5 us in benchmarks/record_overhead.py without the wait."""
 
 
 class StoreWriter(threading.Thread):
     """Writes windows, metrics, acknowledgements and heartbeats in order, batching what queues up
-    into one transaction; between jobs it polls the commands table and heartbeats."""
+    within `_LINGER_S` into one transaction; between jobs it polls the commands table and heartbeats."""
 
     def __init__(
         self, store: Store, poll_s: float, heartbeat_s: float,
@@ -38,6 +43,7 @@ class StoreWriter(threading.Thread):
         self._on_commands = on_commands
         self._heartbeat = heartbeat
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._hurry = threading.Event()  # set by flush() and stop(): write without lingering
         self._seen_command = 0
 
     def submit(self, job: Job) -> None:
@@ -47,10 +53,12 @@ class StoreWriter(threading.Thread):
         """Wait until every job submitted so far is written."""
         done = threading.Event()
         self._queue.put(lambda store: done.set())
+        self._hurry.set()
         return done.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._queue.put(_STOP)
+        self._hurry.set()
         self.join(timeout)
 
     def run(self) -> None:
@@ -64,6 +72,8 @@ class StoreWriter(threading.Thread):
                 batch: list[Any] = []
                 try:
                     batch.append(self._queue.get(timeout=timeout))
+                    self._hurry.wait(_LINGER_S)
+                    self._hurry.clear()  # after the wait, so a job queued before a later set() is drained now
                     while len(batch) < 1000:
                         batch.append(self._queue.get_nowait())
                 except queue.Empty:
