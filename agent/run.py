@@ -107,7 +107,8 @@ class Run:
         self._begun = False
         self._closed = False
         self._paused = False
-        self._attention = False  # set by other threads: commands or a signal are waiting
+        self._window = config.window
+        self._attention = True  # commands, a signal, or (first) deciding where the history goes on
         self._inbox: collections.deque[CommandInfo] = collections.deque()
         self._wake = threading.Event()
         self._signal: int | None = None
@@ -162,16 +163,14 @@ class Run:
 
     def record(self, loss: torch.Tensor | float) -> None:
         """Record the training loss of the step just taken. Cheap: no GPU sync, no I/O."""
-        if not self._begun:
-            self._begin_fresh()
         if isinstance(loss, torch.Tensor):
             loss = loss.detach()
         self._buf.append(loss)
         self.step += 1
-        if self.step % self.config.window == 0:
-            self._close_window()
-        if self._attention:
+        if self._attention:  # rare: the first step, a command, a signal
             self._service()
+        if self.step % self._window == 0:
+            self._close_window()
 
     def record_val(self, value: torch.Tensor | float, name: str = "val_loss") -> None:
         """Record a validation loss or another named scalar at the current step."""
@@ -250,12 +249,12 @@ class Run:
         stats = window_stats(values)
         branch, first, lr = self._branch, self.step - len(values) + 1, self.lr
 
-        def write(s: Store) -> None:
+        def write(s: Store) -> dict[str, Any]:
             s.add_window(branch, first, values, stats, lr, steps_per_s)
-            s.update_run(step=first + len(values) - 1, last_loss=stats["mean"], lr=lr)
+            return {"step": first + len(values) - 1, "last_loss": stats["mean"], "lr": lr}
 
         self._writer.submit(write)
-        if len(values) == self.config.window and stats["nonfinite"] == 0:
+        if len(values) == self._window and stats["nonfinite"] == 0:
             self._maybe_autosave(stats["mean"])
 
     def _maybe_autosave(self, loss: float | None) -> None:
@@ -349,6 +348,8 @@ class Run:
     def _service(self) -> None:
         """Apply what other threads left for the training thread, at a step boundary."""
         self._attention = False
+        if not self._begun:
+            self._begin_fresh()
         while self._inbox:
             self._apply(self._inbox.popleft())
         if self._paused:
@@ -516,7 +517,8 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        begun, self._begun = self._begun, False  # a record() after close() now fails loudly
+        begun, self._begun = self._begun, False
+        self._attention = True  # so a record() after close() reaches _begin_fresh and fails loudly
         try:
             self._flush_partial()
             if save and begun and self.step > self._last_save_step:

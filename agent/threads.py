@@ -19,7 +19,7 @@ from .store import Store
 
 log = logging.getLogger("trainwarden.agent")
 
-Job = Callable[[Store], None]
+Job = Callable[[Store], "dict[str, Any] | None"]
 _STOP = object()
 _LINGER_S = 0.01
 """How long the store writer lets jobs gather after the first one: when steps are fast, a burst
@@ -93,12 +93,19 @@ class StoreWriter(threading.Thread):
             store.close()
 
     def _write(self, store: Store, batch: list[Job]) -> None:
+        """Run a batch of jobs in one transaction. A job may return a dict of run-row fields to
+        update (other return values are ignored); only the newest value of each is written."""
         if not batch:
             return
         try:
             with store.transaction():
+                updates: dict[str, Any] = {}
                 for job in batch:
-                    job(store)
+                    out = job(store)
+                    if isinstance(out, dict):
+                        updates.update(out)
+                if updates:
+                    store.update_run(**updates)
         except Exception as exc:
             log.warning("trainwarden: batched store write failed (%s); retrying one by one", exc)
             for job in batch:
@@ -106,7 +113,10 @@ class StoreWriter(threading.Thread):
 
     def _guard(self, store: Store, job: Job) -> None:
         try:
-            job(store)
+            with store.transaction():
+                out = job(store)
+                if isinstance(out, dict):
+                    store.update_run(**out)
         except Exception as exc:
             log.warning("trainwarden: store write failed: %s", exc)
 
