@@ -569,12 +569,18 @@ class Run:
             raise AttachError(f"{self.run_dir} is already being written by process {info.pid} on {info.host}")
 
     def _recover_interrupted_saves(self) -> None:
-        """Saves left in `writing` by a process that died: mark them failed, drop their files."""
+        """Saves left in `writing` by a process that died: mark them failed, drop their files.
+        Also drop the files of checkpoints retention had marked deleted when the process died."""
         for c in self._store.checkpoints(["writing"]):
             self._store.set_checkpoint_status(c.id, "failed", "interrupted: the training process ended during the write")
             (self.run_dir / c.path).unlink(missing_ok=True)
-        for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):
+        folder = self.run_dir / "checkpoints"
+        for tmp in folder.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
+        deleted = {c.path for c in self._store.checkpoints(["deleted"])}
+        for f in folder.glob("*.pt"):
+            if f"{folder.name}/{f.name}" in deleted:
+                f.unlink(missing_ok=True)
 
 
 def _to_floats(buf: list[Any]) -> list[float]:

@@ -223,9 +223,11 @@ class Checkpointer(threading.Thread):
         ready = store.checkpoints(["ready"])
         segments = store.lineage(self._current_branch())
         for c in ck.retention(ready, segments, self._keep_best, self._keep_last):
+            # The row first, then the file: a process killed in between leaves a `deleted` row
+            # whose file the next attach removes, never a `ready` row without its file.
+            store.set_checkpoint_status(c.id, "deleted")
             try:
                 (self._run_dir / c.path).unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("trainwarden: cannot delete %s: %s", c.path, exc)
-                continue
-            store.set_checkpoint_status(c.id, "deleted")
+                store.set_checkpoint_status(c.id, "ready")

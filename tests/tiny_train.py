@@ -70,8 +70,12 @@ def main() -> None:
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step (slow runs for CLI tests)")
     p.add_argument("--scheduler", default="none", choices=["none", "step", "cosine"])
     p.add_argument("--poll", type=float, default=0.2, help="command poll interval")
+    p.add_argument("--ballast-mb", type=float, default=0.0,
+                   help="MiB of constant buffer added to the model, so checkpoints are big and slow to write")
     a = p.parse_args()
     model, optimizer, sched, batch = build(hidden=a.hidden, lr=a.lr, scheduler=a.scheduler, steps=a.steps)
+    if a.ballast_mb:
+        model.register_buffer("ballast", torch.zeros(int(a.ballast_mb * 2**20) // 4))
     config = tw.AgentConfig(window=a.window, save_every_steps=a.save_every_steps, command_poll_interval_s=a.poll,
                             heartbeat_interval_s=0.5)
     run = tw.attach(a.run_dir, model=model, optimizer=optimizer, scheduler=sched, config=config)
