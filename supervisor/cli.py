@@ -9,8 +9,10 @@ import argparse
 import csv
 import getpass
 import json
+import math
 import os
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -145,8 +147,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             with Store.open(path) as s:
                 info = s.run()
                 latest = newest_ready(s.checkpoints(["ready"]))
-        except StoreError as exc:
-            rows.append([path.name, "unreadable", "-", "-", "-", "-", "-", str(exc)])
+        except (StoreError, sqlite3.Error) as exc:
+            rows.append([path.name, "unreadable", "-", "-", "-", "-", "-", str(path)])
+            print(f"trainwarden: warning: {path}: {exc}", file=sys.stderr)
             continue
         rows.append([
             info.name, liveness(info, now), info.step, fmt(info.last_loss), fmt(info.lr, ".3g"),
@@ -252,6 +255,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace, kind: str, cmd_args: dict[str, Any]) -> int:
     """Write a command, then wait for the agent's acknowledgement unless told not to."""
+    if not (math.isfinite(args.timeout) and args.timeout >= 0):
+        raise CliError(f"--timeout must be a number of seconds >= 0, got {args.timeout}")
     with open_store(args.run) as s:
         info = s.run()
         if kind == "rollback" and isinstance(cmd_args["target"], int):
@@ -386,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except StoreError as exc:
         print(f"trainwarden: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except sqlite3.Error as exc:  # e.g. locked for longer than the busy timeout by a hung writer
+        print(f"trainwarden: error: cannot use the run's store: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         return EXIT_OK
