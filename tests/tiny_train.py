@@ -47,12 +47,17 @@ def train_step(model, optimizer, sched, batch) -> torch.Tensor:
     return loss
 
 
-def params_digest(model: nn.Module) -> str:
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a model state dict (live, or loaded from a checkpoint file)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def params_digest(model: nn.Module) -> str:
+    return state_digest(model.state_dict())
 
 
 def emit(**fields) -> None:
