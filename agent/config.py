@@ -21,8 +21,10 @@ class AgentConfig(BaseModel):
     """Relative improvement of the windowed loss over the best saved one that makes a new "best"."""
 
     checkpoint_budget: float = Field(0.02, gt=0.0, le=1.0)
-    """Adaptive saving: the share of training time checkpointing may cost (CheckFreq-style).
-    Used when neither `save_every_steps` nor `save_every_seconds` is set."""
+    """Adaptive saving (CheckFreq-style): the share of training time the agent may cost. Saves
+    come as often as keeps their measured cost under half of it, the other half being headroom
+    for per-step recording and the contention a background write causes. Used when neither
+    `save_every_steps` nor `save_every_seconds` is set."""
 
     save_every_steps: int | None = Field(None, ge=1)
     """Fixed interval in steps between automatic saves, instead of the adaptive one."""

@@ -135,8 +135,8 @@ class CheckpointInfo(_Row):
     """File name relative to the run folder."""
     bytes: int | None
     """File size once written."""
-    sha256: str | None
-    """Checksum of the file once written."""
+    checksum: str | None
+    """Checksum of the file once written, as "algorithm:hex" (e.g. xxh3_128); a bare hex digest is sha256."""
     pinned: bool
     """Pinned checkpoints are never deleted by retention."""
     created_at: float

@@ -113,6 +113,10 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: checkpoint checksums name their algorithm ("xxh3_128:<hex>"); a bare digest is sha256.
+    """
+    ALTER TABLE checkpoints RENAME COLUMN sha256 TO checksum;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -427,10 +431,10 @@ class Store:
             self._conn.execute("UPDATE checkpoints SET path = ? WHERE id = ?", (path, ckpt_id))
         return ckpt_id, path
 
-    def checkpoint_ready(self, ckpt_id: int, nbytes: int, sha256: str) -> None:
+    def checkpoint_ready(self, ckpt_id: int, nbytes: int, checksum: str) -> None:
         self._conn.execute(
-            "UPDATE checkpoints SET status = 'ready', bytes = ?, sha256 = ?, ready_at = ? WHERE id = ?",
-            (nbytes, sha256, time.time(), ckpt_id),
+            "UPDATE checkpoints SET status = 'ready', bytes = ?, checksum = ?, ready_at = ? WHERE id = ?",
+            (nbytes, checksum, time.time(), ckpt_id),
         )
 
     def set_checkpoint_status(self, ckpt_id: int, status: str, error: str | None = None) -> None:

@@ -12,8 +12,8 @@ from tiny_train import build, params_digest, train_step
 
 import trainwarden.agent as tw
 from trainwarden.agent.cadence import save_due
-from trainwarden.agent.checkpoint import file_sha256
-from trainwarden.agent.store import DB_NAME, Store
+from trainwarden.agent.checkpoint import file_checksum
+from trainwarden.agent.store import DB_NAME, SCHEMA_VERSION, Store
 
 
 def attach(run_dir, hidden: int = 32, **config):
@@ -51,8 +51,8 @@ class TestContents:
         train(run, step, 37)
         run.save()
         (newest,) = [c for c in ready(run_dir) if c.step == 37]
-        assert newest.kind == "manual" and newest.bytes > 0 and len(newest.sha256) == 64
-        assert file_sha256(run_dir / newest.path) == newest.sha256
+        assert newest.kind == "manual" and newest.bytes > 0 and newest.checksum.startswith("xxh3_128:")
+        assert file_checksum(run_dir / newest.path) == newest.checksum
         state = torch.load(run_dir / newest.path, weights_only=True)
         assert {"model", "optimizer", "scheduler", "scaler", "rng", "step", "branch", "lr_multiplier",
                 "loss_history"} <= set(state)
@@ -175,7 +175,7 @@ class TestCorruptFiles:
         torch.save({"format": "trainwarden-checkpoint", "payload": Evil()}, path)
         # An attacker who can write the folder can also fix the checksum: the loader must still refuse.
         db = sqlite3.connect(run_dir / DB_NAME)
-        db.execute("UPDATE checkpoints SET sha256 = ? WHERE id = ?", (file_sha256(path), newest.id))
+        db.execute("UPDATE checkpoints SET checksum = ? WHERE id = ?", (file_checksum(path), newest.id))
         db.commit()
         db.close()
 
@@ -186,6 +186,39 @@ class TestCorruptFiles:
         assert not marker.exists()
         (warning,) = events(run_dir, "checkpoint_corrupt")
         assert "refused by the safe loader" in warning.message and "open" in warning.message
+
+
+class TestOlderStores:
+    def test_a_schema_1_store_with_sha256_checksums_is_migrated_and_still_verified(self, run_dir):
+        """Schema 1 kept bare sha256 digests in a `sha256` column; opening it with this version
+        renames the column and resume still checks each file against its old digest."""
+        run, model, step = attach(run_dir)
+        train(run, step, 30)
+        run.close()
+        db = sqlite3.connect(run_dir / DB_NAME)  # turn it into what the schema-1 version wrote
+        db.execute("ALTER TABLE checkpoints RENAME COLUMN checksum TO sha256")
+        db.execute("PRAGMA user_version=1")
+        rows = db.execute("SELECT id, step, path FROM checkpoints WHERE status = 'ready' ORDER BY step").fetchall()
+        for ckpt_id, _, path in rows:
+            db.execute("UPDATE checkpoints SET sha256 = ? WHERE id = ?", (file_checksum(run_dir / path, "sha256"), ckpt_id))
+        db.commit()
+        db.close()
+        newest_id, _, newest_path = rows[-1]
+        with open(run_dir / newest_path, "r+b") as f:  # one flipped bit in the newest file
+            f.seek(200)
+            byte = f.read(1)
+            f.seek(200)
+            f.write(bytes([byte[0] ^ 1]))
+
+        run, model, step = attach(run_dir)
+        assert run.resume() == rows[-2][1]  # the flipped file fails its sha256; the one before is used
+        run.close()
+        with Store.open(run_dir) as s:
+            assert s.checkpoint(newest_id).status == "corrupt"
+            assert len(s.checkpoint(rows[-2][0]).checksum) == 64  # the old digest, kept as it was
+        db = sqlite3.connect(run_dir / DB_NAME)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.close()
 
 
 class TestDiskFull:
@@ -214,7 +247,7 @@ class TestDiskFull:
             assert len(failed) == 1 and "No space left on device" in failed[0].error
             assert error.severity == "error" and "training continues" in error.message
             assert not (run_dir / failed[0].path).exists() and not list((run_dir / "checkpoints").glob("*.tmp"))
-            assert file_sha256(run_dir / good.path) == good.sha256  # the older checkpoint is intact
+            assert file_checksum(run_dir / good.path) == good.checksum  # the older checkpoint is intact
             filler.unlink()
             run.save()
             assert max(c.step for c in ready(run_dir)) == 60
@@ -243,7 +276,7 @@ class TestRetention:
         for c in gone:
             assert not (run_dir / c.path).exists()
         for c in kept:
-            assert file_sha256(run_dir / c.path) == c.sha256
+            assert file_checksum(run_dir / c.path) == c.checksum
         leftovers = {p.name for p in (run_dir / "checkpoints").iterdir()}
         assert leftovers == {os.path.basename(c.path) for c in kept}
 
@@ -272,10 +305,10 @@ class TestCadence:
     def test_adaptive_interval_follows_the_measured_cost(self):
         cfg = tw.AgentConfig(checkpoint_budget=0.02)
         assert save_due(cfg, 0.0, 0, None)  # no measurement yet: save to measure
-        assert not save_due(cfg, 0.49, 1000, 0.01)  # 10 ms per save -> every 0.5 s at 2 %
-        assert save_due(cfg, 0.5, 1000, 0.01)
-        assert not save_due(cfg, 99.0, 1000, 2.0)  # a 2 s save -> every 100 s
-        assert save_due(cfg, 100.0, 1000, 2.0)
+        assert not save_due(cfg, 0.99, 1000, 0.01)  # 10 ms per save -> every 1 s: 1 % of a 2 % budget
+        assert save_due(cfg, 1.0, 1000, 0.01)
+        assert not save_due(cfg, 199.0, 1000, 2.0)  # a 2 s save -> every 200 s
+        assert save_due(cfg, 200.0, 1000, 2.0)
 
     def test_fixed_intervals_and_the_floor(self):
         assert save_due(tw.AgentConfig(save_every_steps=100), 0.0, 100, 50.0)

@@ -25,7 +25,7 @@ import torch
 from conftest import wait_for
 from tiny_train import build, params_digest, train_step
 
-from trainwarden.agent.checkpoint import file_sha256, in_lineage, newest_first
+from trainwarden.agent.checkpoint import file_checksum, in_lineage, newest_first
 from trainwarden.agent.store import Store
 
 KILLS = 21
@@ -72,7 +72,7 @@ def assert_ready_checkpoints_verify(run_dir: Path) -> None:
     for c in ready:
         path = run_dir / c.path
         assert path.is_file(), f"ready checkpoint {c.id} has no file"
-        assert file_sha256(path) == c.sha256, f"ready checkpoint {c.id} does not match its sha256"
+        assert file_checksum(path) == c.checksum, f"ready checkpoint {c.id} does not match its checksum"
 
 
 def kill_during_a_write(proc, run_dir: Path, timeout: float = 10.0) -> None:

@@ -15,7 +15,7 @@ import torch
 from conftest import cli, wait_for
 from tiny_train import build, params_digest, train_step
 
-from trainwarden.agent.checkpoint import file_sha256
+from trainwarden.agent.checkpoint import file_checksum
 from trainwarden.agent.store import Store
 
 # A window of 64 steps, so the signal almost always lands inside a partial window.
@@ -58,7 +58,7 @@ def check_stopped_by_signal(run_dir, name: str, code: int, events: list[dict], e
     assert stopped_at > 0
     (ckpt,) = ckpts
     assert ckpt.status == "ready" and ckpt.step == stopped_at and ckpt.branch == info.branch
-    assert file_sha256(run_dir / ckpt.path) == ckpt.sha256
+    assert file_checksum(run_dir / ckpt.path) == ckpt.checksum
     # Every step up to the signal is in the store, the partial window included.
     assert [step for step, _, _ in lineage] == list(range(1, stopped_at + 1))
     state = torch.load(run_dir / ckpt.path, map_location="cpu", weights_only=True)
