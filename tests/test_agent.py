@@ -56,6 +56,31 @@ class TestRecording:
             (w,) = s.windows()
         assert w.nonfinite == 2 and w.mean == pytest.approx(1.5)
 
+    def test_any_scalar_loss_is_accepted_and_anything_else_refused_at_once(self, run_dir):
+        import numpy as np
+        run, step = attach(run_dir, window=4)
+        graph_loss = step()  # still attached to its autograd graph
+        given = [graph_loss, 3, np.float32(0.5), torch.tensor([0.25]), torch.tensor(2.0, dtype=torch.bfloat16)]
+        for loss in given:
+            run.record(loss)
+        for bad in ["0.1x", torch.tensor([1.0, 2.0]), None]:
+            with pytest.raises((TypeError, ValueError, RuntimeError)):
+                run.record(bad)
+        assert run.step == len(given)  # a refused value is not a step
+        run.close()
+        with Store.open(run_dir) as s:
+            losses = [v for w in s.windows() for v in w.losses]
+        assert losses == pytest.approx([float(graph_loss.detach()), 3.0, 0.5, 0.25, 2.0], rel=1e-6)
+
+    def test_device_buffers_are_converted_in_one_go(self):
+        # On a GPU, record() keeps detached tensors and _to_floats moves a window at once; the
+        # conversion itself is device-independent, so CPU tensors exercise its paths here.
+        from trainwarden.agent.run import _to_floats
+        assert _to_floats([torch.tensor(1.5), torch.tensor(2.5)]) == [1.5, 2.5]
+        assert _to_floats([torch.tensor([1.5]), torch.tensor(2.5)]) == [1.5, 2.5]  # mixed shapes
+        assert _to_floats([1.5, torch.tensor(2.5)]) == [1.5, 2.5]  # a float among tensors
+        assert _to_floats([]) == []
+
     def test_context_manager_marks_a_crash(self, run_dir):
         with pytest.raises(RuntimeError):
             with attach(run_dir)[0] as run:
