@@ -18,7 +18,7 @@ import re
 import sys
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,38 +49,56 @@ class SnapshotBuffers:
 
     def copy(self, tree: Any) -> Any:
         self._cuda_used = False
-        out = self._copy(tree, "")
+        out = _map_tensors(tree, "", self._copy_tensor)
         if self._cuda_used:
             torch.cuda.current_stream().synchronize()  # the copies were queued non-blocking
         return out
 
-    def _copy(self, obj: Any, path: str) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return self._copy_tensor(obj, path)
-        if isinstance(obj, dict):
-            cls = OrderedDict if isinstance(obj, OrderedDict) else dict
-            return cls((k, self._copy(v, f"{path}/{k}")) for k, v in obj.items())
-        if isinstance(obj, list):
-            return [self._copy(v, f"{path}/{i}") for i, v in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return tuple(self._copy(v, f"{path}/{i}") for i, v in enumerate(obj))
-        return obj  # numbers, strings, None: immutable
+    def reserve(self, tree: Any) -> None:
+        """Allocate and touch now the buffers that copying `tree` will need, so that the first
+        snapshot costs only the copy: first-touching fresh memory costs far more than copying into
+        it (about 1.6 s against 0.08 s for 1 GB on our test VM). Reads only shapes and dtypes, so
+        it may run on another thread while training goes on, but not during a `copy()`."""
+        _map_tensors(tree, "", self._reserve_tensor)
 
-    def _copy_tensor(self, t: torch.Tensor, path: str) -> torch.Tensor:
-        t = t.detach()
-        if t.is_sparse or t.layout != torch.strided:
-            return t.to("cpu", copy=True)
+    def _buffer(self, t: torch.Tensor, path: str) -> torch.Tensor:
         buf = self._buffers.get(path)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
             pin = t.is_cuda and torch.cuda.is_available()
             buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
             self._buffers[path] = buf
+        return buf
+
+    def _reserve_tensor(self, t: torch.Tensor, path: str) -> None:
+        if t.layout == torch.strided and path not in self._buffers:
+            self._buffer(t, path).zero_()  # the writes make the OS map every page now
+
+    def _copy_tensor(self, t: torch.Tensor, path: str) -> torch.Tensor:
+        t = t.detach()
+        if t.is_sparse or t.layout != torch.strided:
+            return t.to("cpu", copy=True)
+        buf = self._buffer(t, path)
         if t.is_cuda:
             self._cuda_used = True
             buf.copy_(t, non_blocking=True)
         else:
             buf.copy_(t)
         return buf
+
+
+def _map_tensors(obj: Any, path: str, fn: Callable[[torch.Tensor, str], Any]) -> Any:
+    """`obj` with every tensor replaced by `fn(tensor, path)`, where the path names its place in
+    the tree (so buffers can be matched to tensors from one save to the next)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj, path)
+    if isinstance(obj, dict):
+        cls = OrderedDict if isinstance(obj, OrderedDict) else dict
+        return cls((k, _map_tensors(v, f"{path}/{k}", fn)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_map_tensors(v, f"{path}/{i}", fn) for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(v, f"{path}/{i}", fn) for i, v in enumerate(obj))
+    return obj  # numbers, strings, None: immutable
 
 
 CHECKSUM_ALGORITHM = "xxh3_128"

@@ -116,6 +116,8 @@ class Run:
         self._crashed = False
 
         self._snapshots = ck.SnapshotBuffers()
+        self._reserving = False  # whether the snapshot buffers were handed to the checkpoint thread to reserve
+        self._reserved = threading.Event()  # set once they are (or the attempt failed)
         self._last_save_time = time.monotonic()
         self._last_save_step = 0
         self._save_cost_s: float | None = None  # measured stall + writer CPU of the last save
@@ -270,12 +272,42 @@ class Run:
     def _maybe_autosave(self, loss: float | None) -> None:
         """Save when the cadence says so: "best" if the loss improved, else "last".
         A window with a NaN/Inf loss is never saved automatically."""
-        if not self._checkpointer.idle.is_set():
-            return  # the previous checkpoint is still being written: try at the next window
+        if not self._reserving:
+            self._reserve_snapshots()
         since = time.monotonic() - self._last_save_time
-        if save_due(self.config, since, self.step - self._last_save_step, self._save_cost_s):
-            kind = "best" if improved(loss, self._best_loss, self.config.best_margin) else "last"
-            self._save(kind, wait=False, loss=loss)
+        if not save_due(self.config, since, self.step - self._last_save_step, self._save_cost_s):
+            return
+        if not self._checkpointer.idle.is_set():
+            # A save in flight: try at the next window. The buffer reservation alone delays only
+            # adaptive saves, whose timing is free; fixed intervals keep their steps and wait for it.
+            fixed = self.config.save_every_steps is not None or self.config.save_every_seconds is not None
+            if self._reserved.is_set() or not fixed:
+                return
+        kind = "best" if improved(loss, self._best_loss, self.config.best_margin) else "last"
+        self._save(kind, wait=False, loss=loss)
+
+    def _reserve_snapshots(self) -> None:
+        """At the first full window (the optimizer has its state by then), have the checkpoint
+        thread allocate the snapshot buffers, so the first save stalls only for the copy."""
+        self._reserving = True
+        tree = self._state_tree()
+
+        def reserve() -> None:
+            try:
+                self._snapshots.reserve(tree)
+            finally:
+                self._reserved.set()
+
+        self._checkpointer.call(reserve)
+
+    def _state_tree(self) -> dict[str, Any]:
+        """The live state a checkpoint copies (tensors shared with the model and optimizer)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
 
     # ------------------------------------------------------------ checkpoints
     def _save(self, kind: str, *, wait: bool, loss: float | None = None, command: CommandInfo | None = None) -> None:
@@ -286,12 +318,7 @@ class Run:
         if loss is None and history:
             stats = window_stats(history[-self.config.window:])
             loss = stats["mean"] if stats["nonfinite"] == 0 else None
-        state = self._snapshots.copy({
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        })
+        state = self._snapshots.copy(self._state_tree())
         state.update(
             format=ck.FORMAT, version=ck.FORMAT_VERSION, step=self.step, branch=self._branch,
             lr_multiplier=self._lr.multiplier, rng=ck.capture_rng(),

@@ -152,7 +152,8 @@ class SaveJob:
 
 
 class Checkpointer(threading.Thread):
-    """Writes snapshots to disk one at a time, marks them ready, applies retention."""
+    """Writes snapshots to disk one at a time, marks them ready, applies retention; between
+    saves, runs other slow work the next save depends on (`call`)."""
 
     def __init__(
         self, store: Store, keep_best: int, keep_last: int, current_branch: Callable[[], int],
@@ -165,13 +166,18 @@ class Checkpointer(threading.Thread):
         self._keep_last = keep_last
         self._current_branch = current_branch
         self._on_done = on_done
-        self._queue: queue.SimpleQueue[SaveJob | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[SaveJob | Callable[[], None] | None] = queue.SimpleQueue()
         self.idle = threading.Event()
         self.idle.set()
 
     def submit(self, job: SaveJob) -> None:
         self.idle.clear()
         self._queue.put(job)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on this thread; saves submitted after it wait for it (and `idle` covers it)."""
+        self.idle.clear()
+        self._queue.put(fn)
 
     def stop(self, timeout: float = 600.0) -> None:
         self._queue.put(None)
@@ -183,8 +189,14 @@ class Checkpointer(threading.Thread):
             if job is None:
                 break
             try:
-                self._write(self._store, job)
+                if isinstance(job, SaveJob):
+                    self._write(self._store, job)
+                else:
+                    job()
             except Exception as exc:  # e.g. the store itself is unwritable: log, never raise
+                if not isinstance(job, SaveJob):
+                    log.warning("trainwarden: background preparation failed: %s", exc)
+                    continue
                 log.error("trainwarden: checkpoint at step %d failed: %s", job.step, exc)
                 self._on_done(job, None, 0.0, str(exc))
             finally:

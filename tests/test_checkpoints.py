@@ -326,3 +326,22 @@ class TestCadence:
             saves = [c for c in s.checkpoints() if c.kind in ("best", "last")]
         # Saving costs milliseconds and the budget is 2 %: not every window, but not never.
         assert 1 < len(saves) < windows / 2
+
+    def test_snapshot_buffers_are_reserved_before_the_first_automatic_save(self, run_dir):
+        run, model, step = attach(run_dir, save_every_steps=None)
+        for _ in range(10):  # the first full window hands the reservation to the checkpoint thread
+            run.record(step())
+        assert run._reserved.wait(10)
+        reserved = {path: buf.data_ptr() for path, buf in run._snapshots._buffers.items()}
+        assert {f"/model/{name}" for name in model.state_dict()} <= set(reserved)
+        assert any(path.startswith("/optimizer/state/") for path in reserved)  # SGD momentum buffers
+        for _ in range(10):  # the adaptive cadence's first save comes at the next window
+            run.record(step())
+        run.flush()
+        (first,) = ready(run_dir)
+        assert first.step == 20
+        # The save copied into the reserved memory instead of allocating its own.
+        assert {path: buf.data_ptr() for path, buf in run._snapshots._buffers.items()} == reserved
+        saved = torch.load(run_dir / first.path, weights_only=True)["model"]
+        assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+        run.close()
