@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -345,3 +347,34 @@ class TestCadence:
         saved = torch.load(run_dir / first.path, weights_only=True)["model"]
         assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
         run.close()
+
+    def test_the_checkpoint_thread_starts_no_torch_thread_team(self, run_dir):
+        # A torch op on a second thread starts a second OpenMP team, and with 2 torch threads that
+        # slowed a CPU training loop 3x for the rest of the run. Reserving buffers and writing
+        # checkpoints must leave the process with only the agent's own two threads added.
+        script = textwrap.dedent(f"""
+            import os, torch
+            from torch import nn
+            import trainwarden.agent as tw
+            torch.set_num_threads(2)
+            threads = lambda: len(os.listdir("/proc/self/task"))
+            model = nn.Linear(512, 512)
+            opt = torch.optim.Adam(model.parameters())
+            def step():
+                loss = model(torch.randn(64, 512)).square().mean()
+                opt.zero_grad(); loss.backward(); opt.step()
+                return loss
+            step()
+            before = threads()
+            run = tw.attach({str(run_dir)!r}, model=model, optimizer=opt,
+                            config=tw.AgentConfig(window=5, save_every_steps=5, handle_signals=False))
+            for _ in range(20):
+                run.record(step())
+            assert run._reserved.wait(30)
+            run.save()
+            print(threads() - before)
+            run.close()
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout.split()[-1]) == 2  # the store writer and the checkpoint writer
