@@ -87,6 +87,34 @@ class TestContents:
         run.close()
 
 
+    @pytest.mark.parametrize("torch_writer", ["crc-less", "other-private-api", "no-crc-flag"])
+    def test_the_file_loads_with_plain_torch_load_whichever_writer_torch_offers(self, tmp_path, monkeypatch, torch_writer):
+        # Where torch's private zip writer can skip its per-record CRC32 the agent uses it; other
+        # torch versions get plain torch.save. Either way a user can torch.load the file.
+        from trainwarden.agent.checkpoint import write_file
+        if torch_writer == "other-private-api":
+            real_save = torch.serialization._save
+            monkeypatch.setattr(torch.serialization, "_save", lambda *args, **kw: real_save(*args, **kw))
+        elif torch_writer == "no-crc-flag":
+            real = torch._C.PyTorchFileWriter
+
+            def writer_without_the_flag(f, *rest):
+                if rest and rest[0] is False:
+                    raise TypeError("incompatible constructor arguments")
+                return real(f, *rest)  # torch.save's own call
+            monkeypatch.setattr(torch._C, "PyTorchFileWriter", writer_without_the_flag)
+        plain_saves = []
+        real_torch_save = torch.save
+        monkeypatch.setattr(torch, "save", lambda *a, **kw: plain_saves.append(1) or real_torch_save(*a, **kw))
+        state = {"w": torch.arange(1000, dtype=torch.float32).reshape(10, 100), "step": 7, "rng": {"python": (3, (1, 2), None)}}
+        nbytes, checksum = write_file(state, tmp_path / "c.pt")
+        assert len(plain_saves) == (0 if torch_writer == "crc-less" else 1)
+        assert nbytes == (tmp_path / "c.pt").stat().st_size and file_checksum(tmp_path / "c.pt") == checksum
+        loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+        assert torch.equal(loaded["w"], state["w"]) and loaded["step"] == 7
+        assert loaded["rng"]["python"] == (3, (1, 2), None)
+
+
 class TestGradScaler:
     def test_the_scalers_state_is_saved_and_restored(self, run_dir):
         if not hasattr(torch, "amp") or not hasattr(torch.amp, "GradScaler"):
