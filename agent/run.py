@@ -472,6 +472,9 @@ class Run:
         self._ack(cmd, "applied", text, {"step": self.step}, ("rollback", text))
 
     def _rollback_target(self, target: int | str) -> tuple[CheckpointInfo, dict[str, Any]]:
+        # Retention runs on the checkpoint thread after each save: let it finish, so a file it is
+        # deleting is seen as `deleted`, not mistaken for a corrupt one half-way through loading.
+        self._checkpointer.idle.wait()
         if isinstance(target, int):
             info = self._store.checkpoint(target)
             if info is None:

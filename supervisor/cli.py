@@ -11,13 +11,14 @@ import getpass
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from trainwarden.agent.commands import CommandError, positive_finite, rollback_target
 from trainwarden.agent.records import CheckpointInfo, RunInfo
@@ -276,11 +277,19 @@ def _send(args: argparse.Namespace, kind: str, cmd_args: dict[str, Any]) -> int:
                   file=sys.stderr)
             return EXIT_NOT_ACKED
         deadline = time.monotonic() + args.timeout
+        next_check = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             cmd = s.command(command_id)
             if cmd is not None and cmd.status != "pending":
                 print(f"{cmd.status}: {cmd.result}")
                 return EXIT_OK if cmd.status == "applied" else EXIT_REJECTED
+            if time.monotonic() >= next_check:  # the process may end while we wait: say so now
+                next_check += 1.0
+                state = liveness(s.run())
+                if state not in ("running", "paused", "stale"):
+                    print(f"not acknowledged: {info.name} is {state} now; the command stays queued "
+                          f"(id {command_id}) and is applied when training attaches again", file=sys.stderr)
+                    return EXIT_NOT_ACKED
             time.sleep(0.1)
     print(f"not acknowledged within {args.timeout:g}s; the command stays queued (id {command_id})", file=sys.stderr)
     return EXIT_NOT_ACKED
@@ -318,8 +327,26 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- main
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"trainwarden: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="trainwarden",
         description="Watch and steer PyTorch training runs through their trainwarden stores.",
         epilog="Exit codes: 0 ok, 1 rejected by the run, 2 bad input, 3 not acknowledged. "
@@ -334,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="status, step, LR, loss, windows, checkpoints, branches, commands")
     p.add_argument("run")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--windows", type=int, default=5, help="how many recent windows to show")
+    p.add_argument("--windows", type=_count, default=5, help="how many recent windows to show")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("checkpoints", help="list a run's checkpoints")
@@ -350,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("events", help="what the agent (and later the supervisor) reported")
     p.add_argument("run")
-    p.add_argument("--limit", type=int, default=50, help="how many of the newest events")
+    p.add_argument("--limit", type=_count, default=50, help="how many of the newest events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_events)
 
@@ -370,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     waiting(p)
     p.add_argument("value", nargs="?", help="new learning rate of parameter group 0 (others follow)")
     p.add_argument("--scale", metavar="F", help="multiply the learning rate by F instead")
+    # argparse takes "-1e-3" or "-inf" for an option and says "unrecognized arguments"; read
+    # them as values, so the LR check can say what is wrong with them.
+    p._negative_number_matcher = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
     p.set_defaults(func=cmd_lr)
 
     p = sub.add_parser("rollback", help="reload a checkpoint and its loss history in the live run")

@@ -411,6 +411,9 @@ class TestBadInput:
     @pytest.mark.parametrize("args, needle", [
         (("-1",), "learning rate must be greater than 0"),
         (("--", "-1e-3"), "learning rate must be greater than 0"),
+        (("-1e-3",), "learning rate must be greater than 0"),
+        (("-inf",), "learning rate must be finite"),
+        (("--scale", "-1e-3"), "LR scale factor must be greater than 0"),
         (("-0.5",), "learning rate must be greater than 0"),
         (("0",), "learning rate must be greater than 0"),
         (("nan",), "learning rate must be finite"),
@@ -451,6 +454,20 @@ class TestBadInput:
     def test_bad_timeout(self, finished, timeout):
         before = dump(finished)
         assert_bad_input(cli("pause", finished, "--timeout", timeout), "--timeout")
+        assert dump(finished) == before
+
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("args, needle", [
+        (("show", "{run}", "--windows", "-1"), "--windows: expected a whole number >= 0"),
+        (("events", "{run}", "--limit", "ten"), "--limit: expected a whole number >= 0"),
+        (("show",), "required: run"),
+        (("pause", "{run}", "--wait-forever"), "unrecognized arguments: --wait-forever"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+    ])
+    def test_usage_mistakes_are_one_line(self, finished, args, needle):
+        before = dump(finished)
+        assert_bad_input(cli(*(a.format(run=finished) for a in args)), needle)
         assert dump(finished) == before
 
 
@@ -541,6 +558,23 @@ class TestNotAcknowledged:
         assert [(c.kind, c.status) for c in cmds] == [("pause", "applied"), ("scale_lr", "applied"),
                                                       ("scale_lr", "applied"), ("stop", "applied")]
         assert len({c.applied_step for c in cmds[:3]}) == 1, "applied together at one step boundary"
+
+
+    def test_a_process_that_dies_while_the_cli_waits_is_reported_at_once(self, run_dir, trainer):
+        t = trainer(run_dir, "--steps", str(10**9), "--sleep", "30", "--poll", "0.2")
+        assert t.next_event()["event"] == "resumed"
+        wait_for(lambda: show_json(run_dir)["run"]["step"] >= 1, timeout=30)  # inside a 30 s step
+        waiting = subprocess.Popen(["trainwarden", "pause", str(run_dir), "--timeout", "60"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: command_rows(run_dir), timeout=30)  # the command is queued, the CLI waits
+        t0 = time.monotonic()
+        t.kill()  # SIGKILL: no chance to mark the run
+        out, err = waiting.communicate(timeout=30)
+        assert waiting.returncode == 3, out + err
+        assert time.monotonic() - t0 < 10, "reported long before the 60 s timeout"
+        (cmd,) = command_rows(run_dir)
+        assert f"is crashed now; the command stays queued (id {cmd.id})" in err
+        assert cmd.status == "pending"
 
 
 class TestLockedStore:
