@@ -593,7 +593,10 @@ class Run:
         self._writer.submit(lambda s: s.add_event(kind, severity, message, step=step, branch=branch, data=data))
 
     def _write_heartbeat(self, store: Store) -> None:
-        store.update_run(heartbeat_at=time.time(), step=self.step)
+        if self._begun:
+            store.update_run(heartbeat_at=time.time(), step=self.step)
+        else:  # before resume() the step is not known yet: keep showing the stored one, not 0
+            store.update_run(heartbeat_at=time.time())
 
     def _refuse_second_writer(self, info: Any) -> None:
         if info.status not in ("running", "paused") or info.pid is None or info.pid == os.getpid():

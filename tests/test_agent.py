@@ -141,6 +141,19 @@ class TestBranches:
             assert [st for st, _, _ in s.history(branch)] == list(range(1, 8))
             assert [st for st, b, _ in s.history() if b == 0] == list(range(1, 26))
 
+    def test_heartbeats_before_resume_leave_the_stored_step_alone(self, run_dir):
+        run, step = attach(run_dir)
+        for _ in range(30):
+            run.record(step())
+        run.close()
+        attached_at = time.time()
+        run, step = attach(run_dir)  # a restart that has not called resume() yet
+        with Store.open(run_dir) as s:
+            wait_for(lambda: s.run().heartbeat_at > attached_at + 0.3, timeout=10)  # a heartbeat or two
+            assert s.run().step == 30, "ls and show must not say the restarted run is at step 0"
+        assert run.resume() == 30
+        run.close()
+
     def test_rollback_keeps_the_abandoned_steps(self, run_dir):
         run, step = attach(run_dir, save_every_steps=10)
         for i in range(30):
