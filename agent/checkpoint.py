@@ -227,7 +227,8 @@ def load_file(path: Path, checksum: str | None) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        # Newer torch says "Unsupported global: GLOBAL x.y"; 2.1 said "Unsupported class x.y".
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(exc))
         what = f" (it references {found.group(1)})" if found else ""
         raise CheckpointCorrupt(
             f"file {path.name} was refused by the safe loader: it holds code or objects other than "
