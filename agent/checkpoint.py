@@ -128,6 +128,11 @@ def _split(checksum: str) -> tuple[str, str]:
     return (algorithm, digest) if sep else ("sha256", checksum)
 
 
+def _join(algorithm: str, digest: str) -> str:
+    """The stored form of a checksum, the inverse of `_split`."""
+    return digest if algorithm == "sha256" else f"{algorithm}:{digest}"
+
+
 class _HashingWriter:
     """File wrapper that hashes what passes through, so the checksum costs no second read."""
 
@@ -146,7 +151,7 @@ class _HashingWriter:
 
     @property
     def checksum(self) -> str:
-        return f"{CHECKSUM_ALGORITHM}:{self.hash.hexdigest()}"
+        return _join(CHECKSUM_ALGORITHM, self.hash.hexdigest())
 
 
 def _torch_save(state: dict[str, Any], f: _HashingWriter) -> None:
@@ -211,7 +216,7 @@ def file_checksum(path: Path, algorithm: str = CHECKSUM_ALGORITHM) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest() if algorithm == "sha256" else f"{algorithm}:{h.hexdigest()}"
+    return _join(algorithm, h.hexdigest())
 
 
 def checksum_matches(path: Path, checksum: str) -> bool:

@@ -194,11 +194,11 @@ class Checkpointer(threading.Thread):
                 else:
                     job()
             except Exception as exc:  # e.g. the store itself is unwritable: log, never raise
-                if not isinstance(job, SaveJob):
+                if isinstance(job, SaveJob):
+                    log.error("trainwarden: checkpoint at step %d failed: %s", job.step, exc)
+                    self._on_done(job, None, 0.0, str(exc))
+                else:
                     log.warning("trainwarden: background preparation failed: %s", exc)
-                    continue
-                log.error("trainwarden: checkpoint at step %d failed: %s", job.step, exc)
-                self._on_done(job, None, 0.0, str(exc))
             finally:
                 if self._queue.empty():
                     self.idle.set()
