@@ -27,6 +27,7 @@ import torch
 import xxhash
 
 from .records import CheckpointInfo
+from .store import Segments, in_lineage  # noqa: F401  (re-exported)
 
 FORMAT = "trainwarden-checkpoint"
 FORMAT_VERSION = 1
@@ -278,17 +279,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------- selection
-Segments = Sequence[tuple[int, int, "int | None"]]
-
-
-def in_lineage(ckpt: CheckpointInfo, segments: Segments) -> bool:
-    """True when the checkpoint's state is a point of the history described by `segments`."""
-    return any(
-        ckpt.branch == branch and after <= ckpt.step and (upto is None or ckpt.step <= upto)
-        for branch, after, upto in segments
-    )
-
-
+# in_lineage lives with the store (the daemon uses it without importing torch); re-exported here.
 def newest_first(ckpts: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
     return sorted(ckpts, key=lambda c: (c.step, c.id), reverse=True)
 

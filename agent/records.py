@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 RunStatus = Literal["created", "running", "paused", "stopped", "finished", "crashed"]
 CheckpointStatus = Literal["writing", "ready", "failed", "corrupt", "deleted"]
 CommandStatus = Literal["pending", "applied", "rejected"]
+InterventionStatus = Literal["proposed", "issued", "applied", "rejected", "denied"]
 
 
 class _Row(BaseModel):
@@ -191,3 +192,40 @@ class EventInfo(_Row):
     """One readable line."""
     data: dict[str, Any]
     """Extra structured details."""
+
+
+class InterventionInfo(_Row):
+    """A decision of the supervisor to act on a finding: issued at once (auto) or proposed (ask)."""
+
+    id: int
+    """Intervention id (used by `approve` / `deny`)."""
+    created_at: float
+    """Unix time it was decided."""
+    finding: str
+    """Kind of the finding it treats (spike, nan, divergence, plateau, overfit; budget for the pause
+    when the budget is spent)."""
+    onset: int
+    """Step where the trouble began."""
+    step: int
+    """Step where the trouble was seen."""
+    branch: int
+    """Branch the finding was seen on."""
+    mode: str
+    """auto (issued by the daemon), ask (proposed to an operator), or cure (a further cut after a
+    remedy that did not cure)."""
+    status: InterventionStatus
+    """proposed, issued, applied, rejected or denied."""
+    actions: list[dict[str, Any]]
+    """The commands, as {"kind": ..., "args": {...}}."""
+    commands: list[int]
+    """Ids of the commands written for it, once issued."""
+    reason: str
+    """One line: what it does and why."""
+    level_before: float | None
+    """Loss level before the onset: the remedy is judged against it after the cooldown."""
+    decided_by: str | None
+    """Who approved or denied a proposal."""
+    decided_at: float | None
+    """When a proposal was approved or denied."""
+    outcome: str | None
+    """After the cooldown: cured, or not cured (and what followed)."""

@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import BranchInfo, CheckpointInfo, CommandInfo, EventInfo, MetricInfo, RunInfo, WindowInfo
+from .records import (
+    BranchInfo, CheckpointInfo, CommandInfo, EventInfo, InterventionInfo, MetricInfo, RunInfo, WindowInfo,
+)
 
 DB_NAME = "trainwarden.db"
 CHECKPOINT_DIR = "checkpoints"
@@ -117,6 +119,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE checkpoints RENAME COLUMN sha256 TO checksum;
     """,
+    # 3: the supervisor's interventions (and proposals awaiting an operator), its durable state.
+    """
+    CREATE TABLE interventions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        finding TEXT NOT NULL,
+        onset INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        branch INTEGER NOT NULL,
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        actions TEXT NOT NULL,
+        commands TEXT NOT NULL DEFAULT '[]',
+        reason TEXT NOT NULL,
+        level_before REAL,
+        decided_by TEXT,
+        decided_at REAL,
+        outcome TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -133,6 +155,21 @@ class NotAStoreError(StoreError):
 
 class StoreVersionError(StoreError):
     """The store was written by a newer trainwarden."""
+
+
+Segments = Sequence[tuple[int, int, "int | None"]]
+
+
+def in_lineage(ckpt: CheckpointInfo, segments: Segments) -> bool:
+    """True when the checkpoint's state is a point of the history described by `segments`."""
+    return any(
+        ckpt.branch == branch and after <= ckpt.step and (upto is None or ckpt.step <= upto)
+        for branch, after, upto in segments
+    )
+
+
+def _in_segments(step: int, branch: int, segments: Segments) -> bool:
+    return any(b == branch and after < step and (upto is None or step <= upto) for b, after, upto in segments)
 
 
 def is_store(run_dir: str | os.PathLike[str]) -> bool:
@@ -240,6 +277,10 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: lets a watcher skip a store that is idle."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def __enter__(self) -> "Store":
         return self
@@ -375,6 +416,22 @@ class Store:
             out.append(WindowInfo.model_validate(data))
         return out[::-1] if newest else out
 
+    def lineage_windows(self, branch: int, after_id: int = 0) -> list[WindowInfo]:
+        """The windows of `branch`'s history, oldest first (only those with a row id above
+        `after_id`); a window that straddles a fork is cut at the fork step."""
+        out: list[WindowInfo] = []
+        for seg_branch, after, upto in self.lineage(branch):
+            for w in sorted(self.windows(branch=seg_branch, after_id=after_id), key=lambda w: w.first_step):
+                lo = max(w.first_step, after + 1)
+                hi = w.last_step if upto is None else min(w.last_step, upto)
+                if lo > hi:
+                    continue
+                if (lo, hi) != (w.first_step, w.last_step):
+                    w = w.model_copy(update={"first_step": lo, "last_step": hi, "count": hi - lo + 1,
+                                             "losses": w.losses[lo - w.first_step: hi - w.first_step + 1]})
+                out.append(w)
+        return out
+
     def max_step(self, branch: int) -> int:
         """Highest step recorded on `branch` itself (its fork step if it has none of its own)."""
         row = self._one("SELECT MAX(last_step) FROM windows WHERE branch = ?", (branch,))
@@ -411,6 +468,13 @@ class Store:
             (branch, step, name, _finite_or_none(value), time.time()),
         )
 
+    def lineage_metrics(self, branch: int, name: str, after_id: int = 0) -> list[MetricInfo]:
+        """Metrics called `name` along `branch`'s history, in step order."""
+        segments = self.lineage(branch)
+        rows = self._all("SELECT * FROM metrics WHERE name = ? AND id > ? ORDER BY id", (name, after_id))
+        found = [MetricInfo.model_validate(dict(r)) for r in rows]
+        return sorted((m for m in found if _in_segments(m.step, m.branch, segments)), key=lambda m: (m.step, m.id))
+
     def metrics(self, name: str | None = None) -> list[MetricInfo]:
         if name is None:
             rows = self._all("SELECT * FROM metrics ORDER BY id")
@@ -439,6 +503,17 @@ class Store:
 
     def set_checkpoint_status(self, ckpt_id: int, status: str, error: str | None = None) -> None:
         self._conn.execute("UPDATE checkpoints SET status = ?, error = COALESCE(?, error) WHERE id = ?", (status, error, ckpt_id))
+
+    def set_pinned(self, ckpt_id: int, pinned: bool) -> None:
+        """Pinned checkpoints are never deleted by retention (the supervisor pins its rollback targets)."""
+        self._conn.execute("UPDATE checkpoints SET pinned = ? WHERE id = ?", (int(pinned), ckpt_id))
+
+    def retire_checkpoint(self, ckpt_id: int) -> bool:
+        """Mark a ready, unpinned checkpoint deleted; False if it was pinned meanwhile (by another
+        process, between retention's read and this write), so its file must stay."""
+        cur = self._conn.execute(
+            "UPDATE checkpoints SET status = 'deleted' WHERE id = ? AND status = 'ready' AND pinned = 0", (ckpt_id,))
+        return cur.rowcount == 1
 
     def checkpoint(self, ckpt_id: int) -> CheckpointInfo | None:
         row = self._one("SELECT * FROM checkpoints WHERE id = ?", (ckpt_id,))
@@ -509,3 +584,59 @@ class Store:
             data["data"] = json.loads(data["data"] or "{}")
             out.append(EventInfo.model_validate(data))
         return out
+
+    def supervisor_keys(self) -> set[str]:
+        """Keys of the findings the supervisor already recorded (so a restarted daemon that finds
+        them again neither reports nor acts twice)."""
+        rows = self._all("SELECT json_extract(data, '$.key') FROM events WHERE source = 'supervisor'"
+                         " AND json_extract(data, '$.key') IS NOT NULL")
+        return {r[0] for r in rows}
+
+    # ----------------------------------------------------------- interventions
+    def add_intervention(
+        self, finding: str, onset: int, step: int, branch: int, mode: str, status: str,
+        actions: list[dict[str, Any]], reason: str, level_before: float | None,
+    ) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO interventions (created_at, finding, onset, step, branch, mode, status, actions, reason, level_before)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), finding, onset, step, branch, mode, status, json.dumps(actions), reason, _finite_or_none(level_before)),
+        )
+        return int(cur.lastrowid)
+
+    def _intervention(self, row: sqlite3.Row) -> InterventionInfo:
+        data = dict(row)
+        data["actions"] = json.loads(data["actions"] or "[]")
+        data["commands"] = json.loads(data["commands"] or "[]")
+        return InterventionInfo.model_validate(data)
+
+    def intervention(self, intervention_id: int) -> InterventionInfo | None:
+        row = self._one("SELECT * FROM interventions WHERE id = ?", (intervention_id,))
+        return self._intervention(row) if row else None
+
+    def interventions(self, status: str | None = None) -> list[InterventionInfo]:
+        if status is None:
+            rows = self._all("SELECT * FROM interventions ORDER BY id")
+        else:
+            rows = self._all("SELECT * FROM interventions WHERE status = ? ORDER BY id", (status,))
+        return [self._intervention(r) for r in rows]
+
+    def update_intervention(self, intervention_id: int, **fields: Any) -> None:
+        allowed = {"status", "commands", "decided_by", "decided_at", "outcome"}
+        if not fields or not set(fields) <= allowed:
+            raise ValueError(f"cannot update intervention fields {sorted(set(fields) - allowed)}")
+        if "commands" in fields:
+            fields["commands"] = json.dumps(fields["commands"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._conn.execute(f"UPDATE interventions SET {cols} WHERE id = ?", (*fields.values(), intervention_id))
+
+    def issue_intervention(self, intervention_id: int, actions: list[dict[str, Any]], issuer: str, status_from: str) -> list[int] | None:
+        """Write an intervention's commands and mark it issued, in one transaction; None when it is
+        no longer `status_from` (someone else decided first), so it is never issued twice."""
+        with self.transaction():
+            row = self._one("SELECT status FROM interventions WHERE id = ?", (intervention_id,))
+            if row is None or row[0] != status_from:
+                return None
+            ids = [self.add_command(a["kind"], a.get("args", {}), issuer) for a in actions]
+            self.update_intervention(intervention_id, status="issued", commands=ids)
+            return ids

@@ -237,7 +237,8 @@ class Checkpointer(threading.Thread):
         for c in ck.retention(ready, segments, self._keep_best, self._keep_last):
             # The row first, then the file: a process killed in between leaves a `deleted` row
             # whose file the next attach removes, never a `ready` row without its file.
-            store.set_checkpoint_status(c.id, "deleted")
+            if not store.retire_checkpoint(c.id):
+                continue  # pinned by the supervisor since we listed them
             try:
                 (self._run_dir / c.path).unlink(missing_ok=True)
             except OSError as exc:

@@ -31,13 +31,29 @@ def make_data(seed: int, n: int = 32768, features: int = 32) -> tuple[torch.Tens
     return x[:split], y[:split], x[split:], y[split:]
 
 
-def warmup_cosine(warmup: int, total: int):
+def warmup_cosine(warmup: int, total: int, jump_at: int | None = None, jump: float = 1.0):
+    """Linear warm-up then cosine decay; with `jump_at`, the LR is multiplied by `jump` from that
+    step on: a schedule bug that makes the loss rebound for real (the supervisor's demo case)."""
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+            base = (step + 1) / warmup
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            base = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+        return base * (jump if jump_at is not None and step >= jump_at else 1.0)
     return factor
+
+
+def lr_jump(text: str) -> tuple[int, float]:
+    """argparse type for --lr-jump STEP:FACTOR."""
+    try:
+        step, factor = text.split(":")
+        out = int(step), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STEP:FACTOR, e.g. 3000:20, got {text!r}") from None
+    if out[0] < 0 or not (out[1] > 0 and math.isfinite(out[1])):
+        raise argparse.ArgumentTypeError(f"STEP must be >= 0 and FACTOR a positive number, got {text!r}")
+    return out
 
 
 def main() -> None:
@@ -49,6 +65,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512, help="hidden width")
     parser.add_argument("--seed", type=int, default=0, help="seed for the data and the initial weights")
     parser.add_argument("--val-every", type=int, default=1000, help="steps between validation passes")
+    parser.add_argument("--lr-jump", type=lr_jump, metavar="STEP:FACTOR",
+                        help="multiply the LR by FACTOR from STEP on (makes the loss rebound, for the supervisor)")
     args = parser.parse_args()
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
@@ -61,7 +79,8 @@ def main() -> None:
         nn.Linear(args.hidden, 1),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps // 20, args.steps))
+    jump_at, jump = args.lr_jump or (None, 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps // 20, args.steps, jump_at, jump))
 
     run_dir = args.run_dir or os.environ.get(tw.ENV_RUN_DIR) or "runs/mlp"
     with tw.attach(run_dir, model=model, optimizer=optimizer, scheduler=scheduler) as run:

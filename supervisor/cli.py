@@ -22,7 +22,9 @@ from typing import Any, NoReturn
 
 from trainwarden.agent.commands import CommandError, positive_finite, rollback_target
 from trainwarden.agent.records import CheckpointInfo, RunInfo
-from trainwarden.agent.store import DB_NAME, Store, StoreError
+from trainwarden.agent.store import Store, StoreError
+
+from .daemon import find_runs
 
 ENV_ROOT = "TRAINWARDEN_ROOT"
 EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_NOT_ACKED = 0, 1, 2, 3
@@ -50,25 +52,6 @@ def open_store(text: str) -> Store:
         return Store.open(resolve_run(text))
     except StoreError as exc:
         raise CliError(str(exc)) from None
-
-
-def find_runs(root: Path, depth: int = 3) -> list[Path]:
-    """Run folders at or below `root` (a few levels deep), sorted by path."""
-    if (root / DB_NAME).is_file():
-        return [root]
-    found: list[Path] = []
-    frontier = [root]
-    for _ in range(depth):
-        nxt = []
-        for folder in frontier:
-            try:
-                children = sorted(p for p in folder.iterdir() if p.is_dir())
-            except OSError:
-                continue
-            for child in children:
-                (found if (child / DB_NAME).is_file() else nxt).append(child)
-        frontier = nxt
-    return sorted(found)
 
 
 def liveness(info: RunInfo, now: float | None = None) -> str:
@@ -269,29 +252,34 @@ def _send(args: argparse.Namespace, kind: str, cmd_args: dict[str, Any]) -> int:
                                "see `trainwarden checkpoints`")
         command_id = s.add_command(kind, cmd_args, issuer())
         print(f"command {command_id}: {kind} {json.dumps(cmd_args) if cmd_args else ''}".rstrip())
-        if args.no_wait:
-            return EXIT_OK
-        state = liveness(info)
-        if state not in ("running", "paused"):
-            print(f"queued: {info.name} is {state}; the command will be applied when training attaches again",
-                  file=sys.stderr)
-            return EXIT_NOT_ACKED
-        deadline = time.monotonic() + args.timeout
-        next_check = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            cmd = s.command(command_id)
-            if cmd is not None and cmd.status != "pending":
-                print(f"{cmd.status}: {cmd.result}")
-                return EXIT_OK if cmd.status == "applied" else EXIT_REJECTED
-            if time.monotonic() >= next_check:  # the process may end while we wait: say so now
-                next_check += 1.0
-                state = liveness(s.run())
-                if state not in ("running", "paused", "stale"):
-                    print(f"not acknowledged: {info.name} is {state} now; the command stays queued "
-                          f"(id {command_id}) and is applied when training attaches again", file=sys.stderr)
-                    return EXIT_NOT_ACKED
-            time.sleep(0.1)
-    print(f"not acknowledged within {args.timeout:g}s; the command stays queued (id {command_id})", file=sys.stderr)
+        return EXIT_OK if args.no_wait else _wait(s, info, [command_id], args.timeout)
+
+
+def _wait(s: Store, info: RunInfo, command_ids: list[int], timeout: float) -> int:
+    """Wait for the agent to acknowledge every command; print each result."""
+    queued = ", ".join(map(str, command_ids))
+    state = liveness(info)
+    if state not in ("running", "paused"):
+        print(f"queued: {info.name} is {state}; the command will be applied when training attaches again",
+              file=sys.stderr)
+        return EXIT_NOT_ACKED
+    deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        cmds = [s.command(i) for i in command_ids]
+        if all(c is not None and c.status != "pending" for c in cmds):
+            for c in cmds:
+                print(f"{c.status}: {c.result}" if len(cmds) == 1 else f"{c.kind} {c.status}: {c.result}")
+            return EXIT_OK if all(c.status == "applied" for c in cmds) else EXIT_REJECTED
+        if time.monotonic() >= next_check:  # the process may end while we wait: say so now
+            next_check += 1.0
+            state = liveness(s.run())
+            if state not in ("running", "paused", "stale"):
+                print(f"not acknowledged: {info.name} is {state} now; the command stays queued "
+                      f"(id {queued}) and is applied when training attaches again", file=sys.stderr)
+                return EXIT_NOT_ACKED
+        time.sleep(0.1)
+    print(f"not acknowledged within {timeout:g}s; the command stays queued (id {queued})", file=sys.stderr)
     return EXIT_NOT_ACKED
 
 
@@ -324,6 +312,72 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     except CommandError as exc:
         raise CliError(str(exc)) from None
     return _send(args, "rollback", {"target": target})
+
+
+def _decide(args: argparse.Namespace, approve: bool) -> int:
+    """Approve (write its commands) or deny a proposal; works with the daemon down."""
+    if not (math.isfinite(args.timeout) and args.timeout >= 0):
+        raise CliError(f"--timeout must be a number of seconds >= 0, got {args.timeout}")
+    who = issuer()
+    with open_store(args.run) as s:
+        info = s.run()
+        iv = s.intervention(args.id)
+        if iv is None:
+            raise CliError(f"{info.name} has no intervention {args.id} (see `trainwarden events {args.run}`)")
+        if iv.status != "proposed":
+            print(f"trainwarden: intervention {iv.id} is {iv.status}, not a pending proposal", file=sys.stderr)
+            return EXIT_REJECTED
+        verb = "approved" if approve else "denied"
+        with s.transaction():
+            if approve:
+                ids = s.issue_intervention(iv.id, iv.actions, who, "proposed") or []
+            else:
+                s.update_intervention(iv.id, status="denied")
+                ids = []
+            s.update_intervention(iv.id, decided_by=who, decided_at=time.time())
+            s.add_event(f"proposal_{verb}", "info", f"proposal {iv.id} {verb} by {who}: {iv.reason}",
+                        step=info.step, branch=info.branch, data={"intervention": iv.id, "commands": ids}, source="cli")
+        print(f"proposal {iv.id} {verb}: {iv.reason}")
+        if not approve or args.no_wait:
+            return EXIT_OK
+        return _wait(s, info, ids, args.timeout)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _decide(args, approve=True)
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    return _decide(args, approve=False)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .policy import PolicyError, load_policy
+    from .replay import CurveError, replay
+
+    try:
+        policy = load_policy(args.policy)
+        findings = replay(Path(args.path), policy.detect)
+    except (PolicyError, CurveError) as exc:
+        raise CliError(str(exc)) from None
+    for f in findings:
+        print(json.dumps({"step": f.step, "onset": f.onset, "kind": f.kind, "severity": f.severity,
+                          "message": f.message, "action": policy.mode(f.kind)}))
+    return EXIT_OK
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    from .daemon import Supervisor, setup_logging
+    from .policy import PolicyError
+
+    setup_logging()
+    roots = [Path(r) for r in (args.root or [str(default_root())])]
+    try:
+        supervisor = Supervisor(roots, Path(args.policy) if args.policy else None, poll=args.poll)
+    except PolicyError as exc:
+        raise CliError(str(exc)) from None
+    supervisor.run()
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------- main
@@ -375,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="print step,branch,train_loss for every recorded step")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("events", help="what the agent (and later the supervisor) reported")
+    p = sub.add_parser("events", help="what the agent, the supervisor and operators reported")
     p.add_argument("run")
     p.add_argument("--limit", type=_count, default=50, help="how many of the newest events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -408,6 +462,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="the ready checkpoint with the lowest loss (default)")
     p.add_argument("--last", action="store_true", help="the newest ready checkpoint of the current history")
     p.set_defaults(func=cmd_rollback)
+
+    for verb, text, func in (("approve", "approve a proposed intervention (writes its commands)", cmd_approve),
+                             ("deny", "deny a proposed intervention", cmd_deny)):
+        p = sub.add_parser(verb, help=text)
+        waiting(p)
+        p.add_argument("id", type=int, help="intervention id (from `trainwarden events RUN`)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("replay", help="run the detectors over a recorded curve (CSV or run folder): JSON lines")
+    p.add_argument("path", help="CSV with step,train_loss[,val_loss], or a run folder")
+    p.add_argument("--policy", help="policy TOML whose detector settings and modes to use")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("supervise", help="the daemon: watch runs under the roots and act on findings")
+    p.add_argument("--root", action="append", help=f"folder holding runs (repeatable; default ${ENV_ROOT} or ./runs)")
+    p.add_argument("--policy", help="policy TOML (reloaded on SIGHUP)")
+    p.add_argument("--poll", action="store_true", help="poll the roots instead of inotify (automatic on NFS/CIFS)")
+    p.set_defaults(func=cmd_supervise)
+
+    from . import launcher  # the launcher's options live with it
+    launcher.register(sub)
     return parser
 
 

@@ -1,0 +1,256 @@
+"""`trainwarden supervise`: the daemon. It finds run folders under its roots (watchdog, polling on
+network file systems where inotify does not fire, and a slow rescan as a safety net) and ticks
+every run once a second on an APScheduler 3.x interval job. All per-run work is in watch.py.
+
+Threads: watchdog's observer threads only note candidate folders; the rescan job only lists
+folders; the tick job is the only one that touches stores (one tick at a time), so every
+sqlite connection is used by one thread at a time. Training never waits for any of it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from trainwarden.agent.store import DB_NAME, is_store
+
+from .policy import Policy, PolicyError, load_policy, policy_summary
+from .watch import RunWatch
+
+log = logging.getLogger("trainwarden.supervisor")
+
+# File systems where inotify misses other hosts' writes: watch them by polling.
+NETWORK_FS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs", "fuse.glusterfs",
+    "lustre", "gpfs", "beegfs", "fuse.s3fs", "fuse.rclone", "davfs", "fuse.davfs2",
+})
+RETRY_UNREADABLE_S = 30.0
+YOUNG_FOLDER_S = 10.0
+SCAN_DEPTH = 3
+
+
+def fs_type(path: Path) -> str:
+    """The type of the file system holding `path` (from /proc/self/mounts; "" if unknown)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    target = str(path.resolve())
+    best, kind = "", ""
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def find_runs(root: Path, depth: int = SCAN_DEPTH) -> list[Path]:
+    """Run folders at or below `root` (a few levels deep)."""
+    if is_store(root):
+        return [root]
+    found: list[Path] = []
+    frontier = [root]
+    for _ in range(depth):
+        nxt = []
+        for folder in frontier:
+            try:
+                children = [p for p in folder.iterdir() if p.is_dir() and p.name != "checkpoints"]
+            except OSError:
+                continue
+            for child in children:
+                (found if (child / DB_NAME).is_file() else nxt).append(child)
+        frontier = nxt
+    return sorted(found)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr with its level (journald keeps stderr)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger("trainwarden")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # not a line per tick
+
+
+class Supervisor:
+    """Watches roots, keeps a RunWatch per run folder, ticks them."""
+
+    def __init__(self, roots: Sequence[Path], policy_path: Path | None = None, *, poll: bool = False,
+                 tick_s: float = 1.0, rescan_s: float = 30.0) -> None:
+        self.roots = [Path(r).absolute() for r in roots]
+        self.policy_path = policy_path
+        self.poll = poll
+        self.tick_s, self.rescan_s = tick_s, rescan_s
+        self.policy: Policy = load_policy(policy_path)  # PolicyError: the caller says so and exits
+        self.runs: dict[Path, RunWatch] = {}
+        self._candidates: set[Path] = set()
+        self._lock = threading.Lock()
+        self._reload = False
+        self._observers: list[object] = []
+        self._scheduler: object | None = None
+        self._failed_at: dict[Path, float] = {}
+        self._young: dict[Path, float] = {}  # new folders without a store yet, and when first seen
+        self.ticks = 0
+        self.last_action: str | None = None
+
+    # ------------------------------------------------------------- discovery
+    def _note(self, folder: Path) -> None:
+        with self._lock:
+            self._candidates.add(folder)
+
+    def _watch_roots(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        supervisor = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:  # type: ignore[no-untyped-def]
+                # Only creations and moves of a store matter; the flood of -wal writes is ignored.
+                if event.event_type not in ("created", "moved"):
+                    return
+                path = Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
+                if path.name == DB_NAME:
+                    supervisor._note(path.parent)
+                elif event.is_directory:
+                    supervisor._note(path)
+
+        for root in self.roots:
+            polling = self.poll or fs_type(root) in NETWORK_FS
+            observer = PollingObserver(timeout=1.0) if polling else Observer()
+            observer.schedule(Handler(), str(root), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observers.append(observer)
+            log.info("watching %s (%s)", root, "polling" if polling else "inotify")
+
+    def rescan(self) -> None:
+        """The safety net: list every run folder under the roots."""
+        for root in self.roots:
+            for folder in find_runs(root):
+                self._note(folder)
+
+    def _adopt(self, now: float) -> None:
+        with self._lock:
+            candidates, self._candidates = self._candidates, set()
+        for folder in sorted(candidates):
+            folder = folder.absolute()
+            if folder in self.runs:
+                continue
+            if not (folder / DB_NAME).is_file():
+                # A folder created a moment ago may get its store after inotify's watch on it
+                # was set up (the creation event is then lost): look again for a few seconds.
+                seen = self._young.setdefault(folder, now)
+                if folder.is_dir() and now - seen < YOUNG_FOLDER_S:
+                    self._note(folder)
+                else:
+                    self._young.pop(folder, None)
+                continue
+            self._young.pop(folder, None)
+            self.runs[folder] = RunWatch(folder, self.policy, self._log)
+            log.info("new run %s", folder)
+
+    # ------------------------------------------------------------------ tick
+    def tick(self) -> None:
+        """Every run, once. A failure in one run never stops the others."""
+        now = time.time()
+        if self._reload:
+            self._reload = False
+            self.reload()
+        self._adopt(now)
+        for folder, watch in list(self.runs.items()):
+            if not folder.exists():
+                watch.close()
+                del self.runs[folder]
+                log.info("run %s is gone; no longer watched", folder)
+                continue
+            if watch.error is not None and now - self._failed_at.get(folder, 0.0) < RETRY_UNREADABLE_S:
+                continue
+            try:
+                watch.tick(now)
+            except Exception:  # a bug in one run's handling must not take the daemon down
+                log.exception("run %s: tick failed", folder)
+            if watch.error is not None:
+                self._failed_at.setdefault(folder, now)
+                if now - self._failed_at[folder] >= RETRY_UNREADABLE_S:
+                    self._failed_at[folder] = now
+            else:
+                self._failed_at.pop(folder, None)
+            if watch.last_action:
+                self.last_action, watch.last_action = watch.last_action, None
+        self.ticks += 1
+
+    def _log(self, level: str, line: str) -> None:
+        getattr(log, level)(line)
+
+    def reload(self) -> bool:
+        """Read the policy file again; on failure keep the one in force."""
+        try:
+            policy = load_policy(self.policy_path)
+        except PolicyError as exc:
+            log.error("policy reload failed, keeping the previous policy: %s", exc)
+            return False
+        self.policy = policy
+        for watch in self.runs.values():
+            watch.set_policy(policy)
+        log.info("policy reloaded: %s", policy_summary(policy))
+        return True
+
+    def status_line(self) -> str:
+        unreadable = sum(1 for w in self.runs.values() if w.error)
+        text = f"watching {len(self.runs)} runs" + (f" ({unreadable} unreadable)" if unreadable else "")
+        return text + (f"; last action: {self.last_action}" if self.last_action else "")
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> None:
+        """Block until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+        from apscheduler.schedulers.blocking import BlockingScheduler
+
+        for root in self.roots:
+            root.mkdir(parents=True, exist_ok=True)
+        log.info("trainwarden supervise: roots %s; policy %s: %s", ", ".join(map(str, self.roots)),
+                 self.policy_path or "(defaults)", policy_summary(self.policy))
+        self._watch_roots()
+        self.rescan()
+        scheduler = BlockingScheduler()
+        scheduler.add_job(self.tick, "interval", seconds=self.tick_s, max_instances=1, coalesce=True,
+                          next_run_time=_now_dt(), id="tick")
+        scheduler.add_job(self.rescan, "interval", seconds=self.rescan_s, max_instances=1, coalesce=True, id="rescan")
+        self._scheduler = scheduler
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("stopping (signal %d)", signum)
+            scheduler.shutdown(wait=True)  # let a running tick finish its transaction
+
+        def hup(signum: int, frame: FrameType | None) -> None:
+            self._reload = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+        try:
+            scheduler.start()
+        finally:
+            for observer in self._observers:
+                observer.stop()  # type: ignore[attr-defined]
+            for watch in self.runs.values():
+                watch.close()
+            log.info("stopped")
+
+
+def _now_dt():  # type: ignore[no-untyped-def]
+    from datetime import datetime
+    return datetime.now()

@@ -1,0 +1,323 @@
+"""One run under supervision: read what is new in its store, run the detectors, ask the policy,
+and write the decision (an event) and the action (commands) back into the store.
+
+Everything the watcher must remember across a daemon restart is in the store: the findings it
+recorded (event keys), its interventions and their commands. A watcher that starts fresh replays
+the run's current history through new detectors; findings it recorded before are recognised by
+their keys, so a daemon killed at any moment neither loses nor repeats an intervention: the
+finding's event, the intervention and its commands are written in one transaction.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainwarden.agent.records import InterventionInfo, RunInfo
+from trainwarden.agent.store import Segments, Store, StoreError, in_lineage
+
+from .detectors import (
+    REBOUND_KINDS, Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed,
+)
+from .policy import CheckpointChoice, Decision, Policy, PolicyError, RunRecord, decide, with_run_overrides
+
+ISSUER = "supervisor"
+SOURCE = "supervisor"
+COUNTED = ("issued", "applied", "rejected")  # statuses of interventions that used the budget
+REMEDY_MODES = ("auto", "ask", "cure")
+
+Log = Callable[[str, str], None]  # (level, line)
+
+
+def _owner(step: int, segments: Segments) -> int:
+    """The branch of a history that owns `step`."""
+    for branch, after, upto in segments:
+        if after < step and (upto is None or step <= upto):
+            return branch
+    return segments[-1][0] if segments else 0
+
+
+class RunWatch:
+    """Supervises one run folder; `tick()` once a second does everything for it."""
+
+    def __init__(self, run_dir: Path, policy: Policy, log: Log) -> None:
+        self.run_dir = run_dir
+        self.base_policy = policy
+        self._log = log
+        self._store: Store | None = None
+        self.error: str | None = None  # why the store cannot be used, while it cannot
+        self.name = run_dir.name
+        self.run: RunInfo | None = None
+        self._version: int | None = None
+        self._policy: Policy = policy
+        self._policy_stamp: tuple[Any, ...] | None = None
+        self._det: LossDetectors | None = None
+        self._branch: int | None = None
+        self._segments: Segments = []
+        self._window_cursor = 0
+        self._metric_cursor = 0
+        self._last_step = 0  # newest step the detectors have seen on the current branch
+        self._live = LivenessDetectors(policy.detect)
+        self._keys: set[str] | None = None
+        self._ckpt_times: tuple[float | None, float | None] = (None, None)
+        self.last_action: str | None = None
+
+    # -------------------------------------------------------------- lifecycle
+    def set_policy(self, policy: Policy) -> None:
+        """A reloaded daemon policy: the run's overrides are applied again on the next tick."""
+        self.base_policy = policy
+        self._policy_stamp = None
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _open(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.run_dir)
+            self._version = None
+        return self._store
+
+    # ------------------------------------------------------------------- tick
+    def tick(self, now: float) -> None:
+        """Read, detect, decide and act once. Store trouble is reported (once) and skipped."""
+        try:
+            s = self._open()
+            version = s.data_version()
+            changed = version != self._version
+            if changed or self.run is None:
+                self.run = s.run()
+                self.name = self.run.name
+                if self.error is not None:
+                    self._log("info", f"{self.run_dir}: readable again")
+                    self.error = None
+            if not changed and self.run.status != "running":
+                return  # idle: nothing new, and no clock-driven check applies
+            self._refresh_policy(s)
+            if self._keys is None:
+                self._keys = s.supervisor_keys()
+            findings: list[Finding] = []
+            if changed:
+                findings += self._loss_findings(s)
+                self._refresh_checkpoint_times(s)
+            findings += self._live.observe(LivenessObservation(
+                now=now, status=self.run.status, step=self.run.step, heartbeat_at=self.run.heartbeat_at,
+                started_at=self.run.started_at, newest_ready_at=self._ckpt_times[0], writing_since=self._ckpt_times[1]))
+            for f in findings:
+                self._handle(s, f)
+            if changed:
+                self._follow(s)
+            self._version = s.data_version()
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            self._fail(str(exc))
+
+    def _fail(self, why: str) -> None:
+        """Report an unusable store once (and again if the reason changes), then keep trying."""
+        if self.error != why:
+            self._log("error", f"{self.run_dir}: store unreadable, skipped: {why}")
+        self.error = why
+        self.close()
+        self._det = None
+
+    def _refresh_policy(self, s: Store) -> None:
+        path = self.run_dir / "warden.toml"
+        try:
+            st = path.stat()
+            stamp: tuple[Any, ...] = (id(self.base_policy), st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (id(self.base_policy), None)
+        if stamp == self._policy_stamp:
+            return
+        self._policy_stamp = stamp
+        try:
+            policy = with_run_overrides(self.base_policy, self.run_dir)
+        except PolicyError as exc:
+            self._event(s, "policy_error", "error", f"run policy not applied, keeping the previous one: {exc}")
+            return
+        if policy.detect != self._policy.detect:
+            self._det = None  # new thresholds: replay the history through new detectors
+            self._live = LivenessDetectors(policy.detect)
+        self._policy = policy
+
+    # ---------------------------------------------------------------- detect
+    def _loss_findings(self, s: Store) -> list[Finding]:
+        assert self.run is not None
+        if self._det is None or self.run.branch != self._branch:
+            return self._rebuild(s)
+        windows = s.windows(branch=self._branch, after_id=self._window_cursor)
+        vals = s.lineage_metrics(self._branch, "val_loss", after_id=self._metric_cursor)
+        return self._feed(windows, vals, s)
+
+    def _rebuild(self, s: Store) -> list[Finding]:
+        """New detectors over the current history (at start, after a rollback, on new thresholds)."""
+        assert self.run is not None
+        self._branch = self.run.branch
+        self._segments = s.lineage(self._branch)
+        self._det = LossDetectors(self._policy.detect)
+        self._window_cursor = self._metric_cursor = 0
+        return self._feed(s.lineage_windows(self._branch), s.lineage_metrics(self._branch, "val_loss"), s)
+
+    def _feed(self, windows: list[Any], vals: list[Any], s: Store) -> list[Finding]:
+        assert self._det is not None
+        if windows:
+            self._window_cursor = max(self._window_cursor, max(w.id for w in windows))
+            self._last_step = max(self._last_step if self._branch == windows[-1].branch else 0, windows[-1].last_step)
+        if vals:
+            self._metric_cursor = max(self._metric_cursor, max(m.id for m in vals))
+        points = [(m.step, m.value) for m in vals if m.value is not None]
+        return feed(self._det, windows, points)
+
+    def _refresh_checkpoint_times(self, s: Store) -> None:
+        ckpts = s.checkpoints(["ready", "writing"])
+        ready = [c.ready_at for c in ckpts if c.status == "ready" and c.ready_at is not None]
+        writing = [c.created_at for c in ckpts if c.status == "writing"]
+        self._ckpt_times = (max(ready) if ready else None, min(writing) if writing else None)
+
+    # ---------------------------------------------------------------- decide
+    def _key(self, f: Finding) -> str:
+        if f.kind in ("hung", "stalled_saves"):
+            assert self.run is not None
+            return f"{f.kind}:{self.run.started_at}:{f.step}:{','.join(sorted(f.data))}"
+        return f"{f.kind}:b{_owner(f.onset, self._segments)}:{f.onset}"
+
+    def _record(self, s: Store, interventions: list[InterventionInfo]) -> RunRecord:
+        assert self.run is not None
+        last_budget = max((iv.id for iv in interventions if iv.finding == "budget"), default=0)
+        since = [iv for iv in interventions if iv.id > last_budget]
+        counted = sum(1 for iv in since if iv.mode in REMEDY_MODES and iv.status in COUNTED)
+        waiting = next((iv.id for iv in since if iv.status in ("proposed", "issued")), None)
+        cooldown = None
+        applied = [iv for iv in since if iv.status == "applied" and iv.mode in REMEDY_MODES]
+        if applied:
+            cooldown = self._applied_step(s, applied[-1]) + self._policy.cooldown_steps
+        segments = s.lineage(self.run.branch)
+        ready = [c for c in s.checkpoints(["ready"]) if in_lineage(c, segments)]
+        return RunRecord(
+            step=self.run.step, status=self.run.status, interventions=counted, cooldown_until=cooldown,
+            waiting_for=waiting, budget_exhausted=bool(last_budget) and not since and self.run.status == "paused",
+            checkpoints=[CheckpointChoice(id=c.id, step=c.step, loss=c.loss) for c in ready])
+
+    @staticmethod
+    def _applied_step(s: Store, iv: InterventionInfo) -> int:
+        steps = [c.applied_step for c in (s.command(i) for i in iv.commands) if c is not None and c.applied_step is not None]
+        return max(steps) if steps else iv.step
+
+    def _handle(self, s: Store, f: Finding, key: str | None = None, note: str = "") -> None:
+        """Record a finding once, and act on it as the policy says."""
+        assert self._keys is not None and self.run is not None
+        key = key or self._key(f)
+        if key in self._keys:
+            return
+        interventions = s.interventions()
+        record = self._record(s, interventions)
+        decision = decide(f, self._policy, record)
+        acts = decision.mode in ("auto", "ask")
+        again = self._again(f, interventions) if acts and not note else ""
+        reason = "; ".join(x for x in (note if acts else "", again, decision.reason) if x)
+        data = {"key": key, "finding": f.model_dump(), "decision": decision.mode}
+        with s.transaction():
+            self._event(s, f.kind, f.severity, f"{f.message} [{decision.mode}: {reason}]", step=f.step, data=data)
+            if decision.mode in ("auto", "ask", "budget"):
+                self._intervene(s, f, decision, reason, note)
+        self._keys.add(key)
+
+    def _again(self, f: Finding, interventions: list[InterventionInfo]) -> str:
+        if f.kind not in REBOUND_KINDS:
+            return ""
+        window = self._policy.detect.window
+        for iv in reversed(interventions):
+            if iv.finding in REBOUND_KINDS and abs(iv.onset - f.onset) <= 4 * window:
+                return f"rebounded again near intervention {iv.id}'s onset: a further cut"
+        return ""
+
+    def _intervene(self, s: Store, f: Finding, decision: Decision, reason: str, note: str) -> None:
+        assert self.run is not None
+        actions = [a.model_dump() for a in decision.actions]
+        kind = "budget" if decision.mode == "budget" else f.kind
+        mode = "cure" if note and decision.mode == "auto" else decision.mode
+        level = f.data.get("level_before")
+        iid = s.add_intervention(kind, f.onset, f.step, self.run.branch, mode, "proposed", actions, reason,
+                                 level if isinstance(level, (int, float)) else None)
+        if decision.mode == "ask":
+            self._event(s, "proposal", "warning",
+                        f"proposal {iid}: {reason} — approve with `trainwarden approve {self.run_dir} {iid}` "
+                        f"or deny with `trainwarden deny {self.run_dir} {iid}`",
+                        step=f.step, data={"intervention": iid})
+            self.last_action = f"proposed {iid} on {self.name}"
+            return
+        for a in decision.actions:
+            if a.kind == "rollback":  # keep the target (and further cuts' target) safe from retention
+                s.set_pinned(a.args["target"], True)
+        ids = s.issue_intervention(iid, actions, ISSUER, "proposed")
+        if decision.mode == "budget":
+            self._event(s, "needs_person", "error", f"intervention budget spent: run paused; {reason}",
+                        step=f.step, data={"intervention": iid, "commands": ids})
+        else:
+            self._event(s, "intervention", "warning", f"intervention {iid}: {reason}",
+                        step=f.step, data={"intervention": iid, "commands": ids})
+        self.last_action = f"intervention {iid} on {self.name}: {reason}"
+
+    # ------------------------------------------------------------------ follow
+    def _follow(self, s: Store) -> None:
+        """Interventions in flight: note their acknowledgement; after the cooldown, judge the cure."""
+        assert self.run is not None
+        interventions = s.interventions()
+        for iv in interventions:
+            if iv.status != "issued":
+                continue
+            cmds = [s.command(i) for i in iv.commands]
+            if any(c is None or c.status == "pending" for c in cmds):
+                continue
+            ok = all(c.status == "applied" for c in cmds if c is not None)
+            results = "; ".join(f"{c.kind}: {c.result}" for c in cmds if c is not None)
+            with s.transaction():
+                s.update_intervention(iv.id, status="applied" if ok else "rejected")
+                self._event(s, "intervention_applied" if ok else "intervention_rejected", "info" if ok else "warning",
+                            f"intervention {iv.id} {'applied' if ok else 'rejected'}: {results}",
+                            step=self.run.step, data={"intervention": iv.id})
+        self._judge(s, s.interventions())
+
+    def _judge(self, s: Store, interventions: list[InterventionInfo]) -> None:
+        """After the cooldown of the newest applied remedy: cured, or a further cut."""
+        assert self.run is not None and self._det is not None
+        todo = [iv for iv in interventions
+                if iv.status == "applied" and iv.mode in REMEDY_MODES and iv.finding in REBOUND_KINDS]
+        if not todo or todo[-1].outcome is not None or todo[-1].level_before is None:
+            return
+        iv = todo[-1]
+        # Judge once the run is past the cooldown and has gone through the troubled place again.
+        end = max(self._applied_step(s, iv), iv.onset) + self._policy.cooldown_steps
+        level = self._det.current_level
+        if self._last_step < end or level is None or self.run.branch != self._branch:
+            return
+        before = iv.level_before
+        if level <= before * self._policy.cure_ratio:
+            with s.transaction():
+                s.update_intervention(iv.id, outcome="cured")
+                for done in todo:  # the chain of cuts is over: its rollback targets need no pin
+                    for a in done.actions:
+                        if a["kind"] == "rollback":
+                            s.set_pinned(a["args"]["target"], False)
+                self._event(s, "cured", "info",
+                            f"intervention {iv.id} cured the run: loss level {level:.4g} vs {before:.4g} before the onset",
+                            step=self._last_step, data={"intervention": iv.id})
+            return
+        s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {before:.4g} before the onset")
+        finding = Finding(
+            kind=iv.finding, onset=iv.onset, step=self._last_step, severity="error",
+            message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
+                     f"above {before:.4g} x {self._policy.cure_ratio:g} from before the onset at step {iv.onset}"),
+            data={"level_before": before, "level": level, "after": iv.id})
+        self._handle(s, finding, key=f"cure:{iv.id}", note="not cured: a further cut")
+
+    # ----------------------------------------------------------------- events
+    def _event(self, s: Store, kind: str, severity: str, message: str, *, step: int | None = None,
+               data: dict[str, Any] | None = None) -> None:
+        assert self.run is not None
+        step = self.run.step if step is None else step
+        s.add_event(kind, severity, message, step=step, branch=self.run.branch, data=data, source=SOURCE)
+        level = {"info": "info", "warning": "warning", "error": "error"}[severity]
+        self._log(level, f"{self.name} step {step} {kind}: {message}")
+
