@@ -369,7 +369,8 @@ class LivenessDetectors:
 
     def _saves(self, o: LivenessObservation) -> list[Finding]:
         out: list[Finding] = []
-        since = max(t for t in (o.newest_ready_at, o.started_at) if t is not None) if (o.newest_ready_at or o.started_at) else None
+        known = [t for t in (o.newest_ready_at, o.started_at) if t is not None]
+        since = max(known) if known else None
         if since is not None and o.now - since > self.s.save_stall_s:
             if not self._stall_reported:
                 self._stall_reported = True

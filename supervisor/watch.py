@@ -276,7 +276,7 @@ class RunWatch:
                 s.update_intervention(iv.id, status="applied" if ok else "rejected")
                 self._event(s, "intervention_applied" if ok else "intervention_rejected", "info" if ok else "warning",
                             f"intervention {iv.id} {'applied' if ok else 'rejected'}: {results}",
-                            step=self.run.step, data={"intervention": iv.id})
+                            step=self._applied_step(s, iv), data={"intervention": iv.id})
         self._judge(s, s.interventions())
 
     def _judge(self, s: Store, interventions: list[InterventionInfo]) -> None:

@@ -104,3 +104,59 @@ def train_until_acked(run, step: Callable[[], object], command_id: int, max_step
                 break
             time.sleep(0.002)
     raise AssertionError(f"command {command_id} not acknowledged")
+
+
+class Daemon:
+    """The real `trainwarden supervise` in its own process, its stderr in a file."""
+
+    def __init__(self, roots: list[Path], log: Path, policy: Path | None = None) -> None:
+        args = ["trainwarden", "supervise"] + [a for r in roots for a in ("--root", str(r))]
+        if policy is not None:
+            args += ["--policy", str(policy)]
+        self.log = log
+        self._fh = open(log, "a")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._fh, text=True)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_log(self, needle: str, timeout: float = 30.0, count: int = 1) -> str:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.text()}")
+            return self.text().count(needle) >= count
+        try:
+            wait_for(seen, timeout, 0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {needle!r} not in the daemon's log:\n{self.text()}") from None
+        return self.text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._fh.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(*roots: Path, policy: Path | None = None) -> Daemon:
+        d = Daemon(list(roots), tmp_path / f"daemon-{len(started)}.log", policy)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

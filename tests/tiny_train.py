@@ -74,11 +74,17 @@ def main() -> None:
     p.add_argument("--save-every-steps", type=int, default=None)
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step (slow runs for CLI tests)")
     p.add_argument("--scheduler", default="none", choices=["none", "step", "cosine"])
+    p.add_argument("--lr-jump", default=None, metavar="STEP:FACTOR",
+                   help="multiply the LR by FACTOR from STEP on (a real rebound for the supervisor)")
+    p.add_argument("--val-every", type=int, default=0, help="record a validation loss every N steps")
     p.add_argument("--poll", type=float, default=0.2, help="command poll interval")
     p.add_argument("--ballast-mb", type=float, default=0.0,
                    help="MiB of constant buffer added to the model, so checkpoints are big and slow to write")
     a = p.parse_args()
     model, optimizer, sched, batch = build(hidden=a.hidden, lr=a.lr, scheduler=a.scheduler, steps=a.steps)
+    if a.lr_jump:
+        at, factor = a.lr_jump.split(":")
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: float(factor) if s >= int(at) else 1.0)
     if a.ballast_mb:
         model.register_buffer("ballast", torch.zeros(int(a.ballast_mb * 2**20) // 4))
     config = tw.AgentConfig(window=a.window, save_every_steps=a.save_every_steps, command_poll_interval_s=a.poll,
@@ -89,6 +95,10 @@ def main() -> None:
     while run.step < a.steps:
         loss = train_step(model, optimizer, sched, batch)
         run.record(loss)
+        if a.val_every and run.step % a.val_every == 0:
+            with torch.no_grad():
+                x, y = batch()
+                run.record_val(nn.functional.mse_loss(model(x), y))
         if a.sleep:
             time.sleep(a.sleep)
         if run.should_stop:

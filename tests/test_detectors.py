@@ -1,0 +1,154 @@
+"""The detectors are pure: plain lists of numbers in, findings out (as Lightning's EarlyStopping
+is tested). Curves here are made with a seeded generator so each case is exact and repeatable;
+benchmarks/detection.py scores the same code on real trainings."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from trainwarden.supervisor.detectors import (
+    DetectorSettings, LivenessDetectors, LivenessObservation, LossDetectors, feed,
+)
+
+W = 50
+
+
+class _W:
+    def __init__(self, first: int, losses: list[float]) -> None:
+        self.first_step, self.last_step, self.losses = first, first + len(losses) - 1, losses
+
+
+def windows(losses: list[float], size: int = W) -> list[_W]:
+    return [_W(1 + i, losses[i:i + size]) for i in range(0, len(losses), size)]
+
+
+def run(losses: list[float], vals: list[tuple[int, float]] = (), **settings: float) -> list:
+    return feed(LossDetectors(DetectorSettings(**settings)), windows(losses), list(vals))
+
+
+def noisy(n: int, seed: int = 0, sigma: float = 0.5, floor: float = 0.2, scale: float = 2.0, tau: float = 800.0) -> list[float]:
+    """A decaying loss with multiplicative minibatch noise (log-normal, sigma in log space)."""
+    rng = random.Random(seed)
+    return [(floor + scale * math.exp(-i / tau)) * math.exp(rng.gauss(0.0, sigma)) for i in range(n)]
+
+
+def kinds(findings: list) -> list[str]:
+    return [f.kind for f in findings]
+
+
+class TestSpike:
+    @pytest.mark.parametrize("seed", range(5))
+    @pytest.mark.parametrize("sigma", [0.05, 0.5, 1.0])
+    def test_noisy_healthy_curves_raise_nothing(self, seed: int, sigma: float) -> None:
+        found = [f for f in run(noisy(6000, seed, sigma)) if f.kind != "plateau"]
+        assert found == []
+
+    def test_a_sudden_drop_is_not_a_spike(self) -> None:
+        losses = noisy(4000, 1, 0.3)
+        losses = [x * (0.1 if i >= 2000 else 1.0) for i, x in enumerate(losses)]  # LR decay at 2000
+        assert [f for f in run(losses) if f.kind != "plateau"] == []
+
+    @pytest.mark.parametrize("sigma", [0.05, 0.5])
+    def test_a_rebound_is_found_within_a_window_with_its_onset(self, sigma: float) -> None:
+        losses = noisy(4000, 2, sigma)
+        onset = 2023
+        losses = [x * (3.0 if i + 1 >= onset else 1.0) for i, x in enumerate(losses)]
+        spikes = [f for f in run(losses) if f.kind == "spike"]
+        assert len(spikes) == 1
+        assert onset <= spikes[0].step <= onset + W
+        assert abs(spikes[0].onset - onset) <= 10
+        assert spikes[0].data["level_before"] == pytest.approx(0.2 + 2 * math.exp(-2000 / 800), rel=0.3)
+
+    def test_a_small_rebound_inside_heavy_noise_is_not_reported(self) -> None:
+        losses = noisy(4000, 3, 1.0)
+        losses = [x * (1.15 if i >= 2000 else 1.0) for i, x in enumerate(losses)]
+        assert [f for f in run(losses) if f.kind == "spike"] == []
+
+    def test_reported_once_per_episode_and_again_after_recovery(self) -> None:
+        losses = noisy(6000, 4, 0.2)
+        losses = [x * (4.0 if 2000 <= i < 2400 or 4000 <= i < 4400 else 1.0) for i, x in enumerate(losses)]
+        spikes = [f for f in run(losses) if f.kind == "spike"]
+        assert [s.onset // 100 for s in spikes] == [20, 40]
+
+
+class TestNanAndDivergence:
+    def test_first_non_finite_step_is_the_onset(self) -> None:
+        losses = noisy(3000, 5, 0.2)
+        losses[2110] = math.nan
+        losses[2130] = math.inf
+        found = [f for f in run(losses) if f.kind == "nan"]
+        assert len(found) == 1 and found[0].onset == 2111 and found[0].severity == "error"
+        assert found[0].step == 2150
+
+    def test_slow_divergence_that_no_window_shows_is_found(self) -> None:
+        losses = noisy(6000, 6, 0.3)
+        # 0.1% per step from step 3000: a window rises 5%, well inside the noise, yet the curve
+        # triples over 1100 steps.
+        losses = [x * (math.exp(0.001 * (i - 3000)) if i >= 3000 else 1.0) for i, x in enumerate(losses)]
+        found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
+        assert found and 3000 < found[0].step < 4300
+        div = [f for f in found if f.kind == "divergence"]
+        assert len(div) == 1 and 2700 <= div[0].onset <= 3300  # the onset is where the rise began
+
+
+class TestPlateauAndOverfit:
+    def test_plateau_after_the_configured_windows(self) -> None:
+        flat = [1.0 * math.exp(random.Random(i).gauss(0, 0.05)) for i in range(3000)]
+        found = [f for f in run(noisy(1000, 7, 0.05) + flat, plateau_windows=20) if f.kind == "plateau"]
+        assert len(found) == 1 and found[0].severity == "info"
+        assert 1000 + 20 * W <= found[0].step <= 1000 + 24 * W
+
+    def test_overfit_when_val_rises_while_train_falls(self) -> None:
+        losses = noisy(5000, 8, 0.1, floor=0.01, tau=1500)
+        vals = [(s, 0.5 + 0.3 * ((s - 2000) / 1000) ** 2) for s in range(100, 5001, 100)]  # min at 2000
+        found = [f for f in run(losses, vals) if f.kind == "overfit"]
+        assert len(found) == 1 and 1800 <= found[0].onset <= 2200 and found[0].step > 2200
+
+    def test_no_overfit_while_val_keeps_falling(self) -> None:
+        losses = noisy(5000, 9, 0.1, floor=0.01, tau=1500)
+        vals = [(s, 0.3 + 1.0 / (1 + s / 500) + random.Random(s).gauss(0, 0.01)) for s in range(100, 5001, 100)]
+        assert [f for f in run(losses, vals) if f.kind == "overfit"] == []
+
+
+def obs(now: float, **kw: object) -> LivenessObservation:
+    base = dict(now=now, status="running", step=100, heartbeat_at=now, started_at=0.0, newest_ready_at=0.0,
+                writing_since=None)
+    base.update(kw)
+    return LivenessObservation(**base)
+
+
+class TestLiveness:
+    def test_hung_when_the_heartbeat_stops(self) -> None:
+        det = LivenessDetectors(DetectorSettings(hung_after_s=60, save_stall_s=1e9))
+        assert det.observe(obs(10.0, heartbeat_at=5.0)) == []
+        found = det.observe(obs(100.0, heartbeat_at=5.0))
+        assert kinds(found) == ["hung"] and "no heartbeat for 95s" in found[0].message
+        assert det.observe(obs(101.0, heartbeat_at=5.0)) == []  # once per episode
+
+    def test_hung_when_the_step_stops_moving_though_the_heartbeat_goes_on(self) -> None:
+        det = LivenessDetectors(DetectorSettings(stuck_after_s=300, save_stall_s=1e9))
+        assert det.observe(obs(0.0)) == []
+        assert det.observe(obs(200.0)) == []
+        assert kinds(det.observe(obs(301.0))) == ["hung"]
+        assert det.observe(obs(302.0, step=101)) == []
+
+    def test_paused_runs_are_never_hung(self) -> None:
+        det = LivenessDetectors(DetectorSettings(hung_after_s=1, stuck_after_s=1))
+        assert det.observe(obs(1000.0, status="paused", heartbeat_at=0.0)) == []
+
+    def test_stalled_saves_and_a_stuck_write(self) -> None:
+        det = LivenessDetectors(DetectorSettings(save_stall_s=600, writing_stall_s=120))
+        assert det.observe(obs(500.0)) == []
+        found = det.observe(obs(700.0, step=101, writing_since=550.0))
+        assert kinds(found) == ["stalled_saves", "stalled_saves"]
+        assert "writing" in found[1].message
+
+
+def test_settings_reject_nonsense_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="spike_ratio"):
+        DetectorSettings(spike_ratio=0.5)
+    with pytest.raises(ValidationError, match="no_such"):
+        DetectorSettings(no_such=1)

@@ -1,0 +1,111 @@
+"""The policy: TOML loading with errors that name the file and field, per-run overrides, and the
+pure decision rules (modes, rollback target, cooldown, budget)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainwarden.supervisor.detectors import Finding
+from trainwarden.supervisor.policy import (
+    CheckpointChoice, Policy, PolicyError, RunRecord, decide, load_policy, rollback_target, with_run_overrides,
+)
+
+
+def spike(step: int = 1000, onset: int = 980, kind: str = "spike") -> Finding:
+    return Finding(kind=kind, onset=onset, step=step, severity="error", message="rebound", data={"level_before": 0.5})
+
+
+def record(**kw: object) -> RunRecord:
+    base = dict(step=1000, status="running", interventions=0, cooldown_until=None, checkpoints=[
+        CheckpointChoice(id=1, step=500, loss=0.9), CheckpointChoice(id=2, step=800, loss=0.6),
+        CheckpointChoice(id=3, step=950, loss=0.55), CheckpointChoice(id=4, step=990, loss=0.7)])
+    base.update(kw)
+    return RunRecord(**base)
+
+
+class TestLoading:
+    def test_defaults_without_a_file(self) -> None:
+        p = load_policy(None)
+        assert p.mode("spike") == "auto" and p.mode("plateau") == "observe" and p.lr_scale == 0.5
+
+    def test_a_file_sets_modes_remedy_and_detector_thresholds(self, tmp_path: Path) -> None:
+        f = tmp_path / "policy.toml"
+        f.write_text('lr_scale = 0.3\ncooldown_steps = 100\n[modes]\nspike = "ask"\n[detect]\nspike_ratio = 2.0\n')
+        p = load_policy(f)
+        assert (p.lr_scale, p.cooldown_steps, p.mode("spike"), p.detect.spike_ratio) == (0.3, 100, "ask", 2.0)
+
+    @pytest.mark.parametrize("text, field", [
+        ("lr_scale = -0.5", "lr_scale"),
+        ("lr_scale = nan", "lr_scale"),
+        ('[modes]\nspike = "sometimes"', "modes.spike"),
+        ('[modes]\nhung = "auto"', "modes.hung"),
+        ("[detect]\nspike_ratio = 0.9", "detect.spike_ratio"),
+        ("max_interventions = 0", "max_interventions"),
+        ("cooldown = 5", "cooldown"),  # a misspelt field is an error, not silently ignored
+    ])
+    def test_invalid_fields_are_named_with_the_file(self, tmp_path: Path, text: str, field: str) -> None:
+        f = tmp_path / "bad.toml"
+        f.write_text(text + "\n")
+        with pytest.raises(PolicyError) as exc:
+            load_policy(f)
+        assert str(exc.value).startswith(f"{f}: {field}:")
+        assert "\n" not in str(exc.value)
+
+    def test_not_toml_and_missing_file(self, tmp_path: Path) -> None:
+        f = tmp_path / "broken.toml"
+        f.write_text("lr_scale = = 2\n")
+        with pytest.raises(PolicyError, match="not valid TOML"):
+            load_policy(f)
+        with pytest.raises(PolicyError, match="no such policy file"):
+            load_policy(tmp_path / "missing.toml")
+
+    def test_run_overrides_merge_section_by_section(self, tmp_path: Path) -> None:
+        base = Policy.model_validate({"modes": {"plateau": "ask"}, "detect": {"spike_ratio": 1.5}})
+        (tmp_path / "warden.toml").write_text('[modes]\nspike = "observe"\n[detect]\nwarmup_windows = 8\n')
+        p = with_run_overrides(base, tmp_path)
+        assert (p.mode("spike"), p.mode("plateau"), p.detect.spike_ratio, p.detect.warmup_windows) == ("observe", "ask", 1.5, 8)
+
+
+class TestDecide:
+    def test_auto_rolls_back_to_the_best_checkpoint_before_the_onset_with_margin_and_halves_the_lr(self) -> None:
+        d = decide(spike(), Policy(rollback_margin_steps=50), record())
+        assert d.mode == "auto"
+        assert [(a.kind, a.args) for a in d.actions] == [("rollback", {"target": 2}), ("scale_lr", {"factor": 0.5})]
+
+    def test_best_by_loss_then_newest(self) -> None:
+        ck = [CheckpointChoice(id=1, step=100, loss=0.5), CheckpointChoice(id=2, step=200, loss=0.5),
+              CheckpointChoice(id=3, step=300, loss=None)]
+        assert rollback_target(ck, 1000, 0).id == 2
+        assert rollback_target(ck, 150, 0).id == 1
+        assert rollback_target(ck, 50, 0) is None
+
+    def test_a_paused_run_is_resumed_after_the_remedy(self) -> None:
+        d = decide(spike(), Policy(), record(status="paused"))
+        assert [a.kind for a in d.actions] == ["rollback", "scale_lr", "resume"]
+
+    def test_observe_and_ask(self) -> None:
+        assert decide(spike(), Policy.model_validate({"modes": {"spike": "observe"}}), record()).actions == []
+        d = decide(spike(), Policy.model_validate({"modes": {"spike": "ask"}}), record())
+        assert d.mode == "ask" and d.actions
+
+    def test_held_during_cooldown_while_pending_and_when_stale(self) -> None:
+        assert decide(spike(step=1000), Policy(), record(cooldown_until=1100)).mode == "held"
+        assert decide(spike(step=1100), Policy(), record(cooldown_until=1100)).mode == "auto"
+        assert decide(spike(), Policy(), record(waiting_for=3)).mode == "held"
+        assert decide(spike(step=500, onset=480), Policy(act_within_steps=200), record(step=1000)).mode == "held"
+        assert decide(spike(), Policy(), record(status="finished")).mode == "held"
+
+    def test_budget_spent_pauses_for_a_person(self) -> None:
+        d = decide(spike(), Policy(max_interventions=3), record(interventions=3))
+        assert d.mode == "budget" and [a.kind for a in d.actions] == ["pause"]
+        assert decide(spike(), Policy(max_interventions=3), record(interventions=3, budget_exhausted=True)).mode == "held"
+
+    def test_no_checkpoint_before_the_onset_still_cuts_the_lr(self) -> None:
+        d = decide(spike(onset=400), Policy(), record())
+        assert [a.kind for a in d.actions] == ["scale_lr"] and "no ready checkpoint" in d.reason
+
+    def test_plateau_and_overfit_remedies(self) -> None:
+        p = Policy.model_validate({"modes": {"plateau": "auto", "overfit": "auto"}, "plateau_lr_scale": 0.3})
+        assert [(a.kind, a.args) for a in decide(spike(kind="plateau"), p, record()).actions] == [("scale_lr", {"factor": 0.3})]
+        assert [a.kind for a in decide(spike(kind="overfit"), p, record()).actions] == ["stop"]

@@ -1,0 +1,210 @@
+"""The real daemon (`trainwarden supervise`, its own process) over real stores written by real
+trainings (tests/tiny_train.py in subprocesses): it finds rebounds, writes events and commands,
+survives kill -9 without losing or repeating an intervention, asks before acting in `ask` mode,
+skips stores it cannot read and keeps its policy when a reload fails."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+from conftest import cli, wait_for
+
+from trainwarden.agent.store import Store
+
+# Small windows (tiny_train's --window 10), a short cooldown: the whole loop in seconds.
+POLICY = """
+cooldown_steps = 50
+rollback_margin_steps = 10
+act_within_steps = 150
+"""
+JUMP = ["--steps", "1200", "--window", "10", "--lr-jump", "300:8", "--save-every-steps", "50", "--sleep", "0.004"]
+
+
+def write_policy(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY + extra)
+    return path
+
+
+def supervisor_events(run: Path) -> list:
+    with Store.open(run) as s:
+        return [e for e in s.events() if e.source == "supervisor"]
+
+
+def interventions(run: Path) -> list:
+    with Store.open(run) as s:
+        return s.interventions()
+
+
+def commands(run: Path) -> list:
+    with Store.open(run) as s:
+        return s.commands()
+
+
+def test_rebound_is_rolled_back_and_the_lr_cut_until_cured(tmp_path, daemon, trainer):
+    root = tmp_path / "runs"
+    d = daemon(root, policy=write_policy(tmp_path))
+    d.wait_log("watching")
+    run = root / "jump"
+    t = trainer(run, *JUMP)
+    d.wait_log("new run", timeout=10)
+    code, out, err = t.wait(timeout=240)
+    assert code == 0, err
+    wait_for(lambda: all(iv.status != "issued" for iv in interventions(run)), timeout=20)
+    ivs = interventions(run)
+    assert ivs and ivs[0].finding in ("spike", "nan", "divergence")
+    first = ivs[0]
+    assert first.mode == "auto" and first.status == "applied"
+    assert 295 <= first.onset <= 330  # the LR jump is at step 300
+    with Store.open(run) as s:
+        rollback = s.command(first.commands[0])
+        target = s.checkpoint(rollback.args["target"])
+        assert rollback.kind == "rollback" and target.step <= first.onset - 10
+        branches = s.branches()
+        assert len(branches) >= 2 and any(b.parent == 0 for b in branches)
+        assert s.max_step(0) > target.step  # the abandoned steps are kept under branch 0
+        info = s.run()
+    cuts = [c for c in commands(run) if c.kind == "scale_lr" and c.status == "applied"]
+    assert info.lr_multiplier == 0.5 ** len(cuts) and len(cuts) >= 2  # x8 needs more than one cut
+    assert out[-1]["lr"] <= 0.05 * 8 * 0.5 ** len(cuts) + 1e-12
+    kinds = [e.kind for e in supervisor_events(run)]
+    assert "intervention" in kinds and "intervention_applied" in kinds
+    assert "cured" in kinds or "needs_person" in kinds
+    log = d.text()
+    assert f"jump step {first.step} {first.finding}:" in log and "intervention 1:" in log
+
+
+def test_kill_9_mid_intervention_neither_loses_nor_repeats_it(tmp_path, daemon, trainer):
+    root = tmp_path / "runs"
+    policy = write_policy(tmp_path)
+    run = root / "jump"
+    # The agent reads commands every 3 s: a wide window in which the intervention is issued
+    # (its commands written) but not yet applied.
+    t = trainer(run, *JUMP, "--poll", "3")
+    d = daemon(root, policy=policy)
+
+    def issued() -> bool:
+        try:
+            return any(iv.status == "issued" for iv in interventions(run))
+        except Exception:
+            return False
+    wait_for(issued, timeout=120, interval=0.01)
+    d.kill9()
+    pending = [c for c in commands(run) if c.status == "pending"]
+    assert {c.kind for c in pending} >= {"rollback", "scale_lr"}  # killed between issuing and applying
+
+    d2 = daemon(root, policy=policy)
+    code, _, err = t.wait(timeout=240)
+    assert code == 0, err
+    wait_for(lambda: all(iv.status != "issued" for iv in interventions(run)), timeout=20)
+    d2.stop()
+    ivs = interventions(run)
+    assert ivs[0].status == "applied"  # followed up by the restarted daemon
+    events = supervisor_events(run)
+    assert [e.data.get("intervention") for e in events if e.kind == "intervention_applied"].count(ivs[0].id) == 1
+    keys = Counter(e.data["key"] for e in events if "key" in e.data)
+    assert max(keys.values()) == 1  # no finding recorded twice
+    same = Counter((iv.finding, iv.onset, iv.branch) for iv in ivs)
+    assert max(same.values()) == 1  # no intervention repeated
+    issued_ids = [i for iv in ivs for i in iv.commands]
+    assert len(issued_ids) == len(set(issued_ids))
+    assert sorted(c.id for c in commands(run)) == sorted(issued_ids)  # every command belongs to one intervention
+
+
+def test_a_daemon_started_after_the_trouble_still_acts_on_fresh_findings(tmp_path, daemon, trainer):
+    root = tmp_path / "runs"
+    run = root / "late"
+    t = trainer(run, "--steps", "100000", "--window", "10", "--lr-jump", "300:8", "--save-every-steps", "50",
+                "--sleep", "0.01")
+
+    def past_jump() -> bool:
+        try:
+            with Store.open(run) as s:
+                return s.run().step >= 330
+        except Exception:
+            return False
+    wait_for(past_jump, timeout=60)
+    d = daemon(root, policy=write_policy(tmp_path))
+    d.wait_log("intervention 1:", timeout=30)
+    wait_for(lambda: interventions(run)[0].status == "applied", timeout=20)
+    assert cli("stop", run).returncode == 0
+    t.wait(timeout=60)
+
+
+def test_ask_mode_proposes_and_an_operator_approves_or_denies(tmp_path, daemon, trainer):
+    root = tmp_path / "runs"
+    policy = write_policy(tmp_path, '[modes]\nspike = "ask"\nnan = "ask"\ndivergence = "ask"\n')
+    # Stores the daemon cannot read sit beside the run: reported and skipped, the run is served.
+    (root / "corrupt").mkdir(parents=True)
+    (root / "corrupt" / "trainwarden.db").write_bytes(b"this is not sqlite" * 100)
+    Store.open(root / "future", create=True).close()
+    with sqlite3.connect(root / "future" / "trainwarden.db") as c:
+        c.execute("PRAGMA user_version = 99")
+    run = root / "asked"
+    t = trainer(run, "--steps", "100000", "--window", "10", "--lr-jump", "300:8", "--save-every-steps", "50",
+                "--sleep", "0.01")
+    d = daemon(root, policy=policy)
+    log = d.wait_log("proposal 1:", timeout=90)
+    assert "corrupt: store unreadable, skipped" in log and "future: store unreadable, skipped" in log
+    assert "schema version 99" in log
+    assert [c.kind for c in commands(run)] == []  # nothing done without a person
+    first = interventions(run)[0]
+    assert first.status == "proposed" and first.mode == "ask"
+
+    bad = cli("approve", run, "99")
+    assert bad.returncode == 2 and "no intervention 99" in bad.stderr
+    out = cli("approve", run, str(first.id), "--timeout", "30")
+    assert out.returncode == 0, out.stderr
+    assert "rollback applied" in out.stdout and "scale_lr applied" in out.stdout
+    again = cli("approve", run, str(first.id))
+    assert again.returncode == 1 and ("is issued" in again.stderr or "is applied" in again.stderr)
+    with Store.open(run) as s:
+        iv = s.intervention(first.id)
+        assert iv.decided_by and iv.decided_by.count("@") == 1
+        assert s.run().lr_multiplier == 0.5
+        assert any(e.kind == "proposal_approved" for e in s.events())
+
+    # x8 with one cut still rebounds: a second proposal, which the operator denies.
+    d.wait_log("proposal 2:", timeout=90)
+    out = cli("deny", run, "2")
+    assert out.returncode == 0 and "denied" in out.stdout
+    assert interventions(run)[1].status == "denied"
+    assert [c.kind for c in commands(run)] == ["rollback", "scale_lr"]
+    assert cli("stop", run).returncode == 0
+    t.wait(timeout=60)
+
+
+def test_invalid_policy_is_refused_and_a_failed_reload_keeps_the_old_one(tmp_path, daemon):
+    root = tmp_path / "runs"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr_scale = 3\n")
+    out = cli("supervise", "--root", root, "--policy", bad, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"trainwarden: error: {bad}: lr_scale: Input should be less than or equal to 1, got 3"]
+
+    good = tmp_path / "policy.toml"
+    good.write_text("lr_scale = 0.25\n")
+    d = daemon(root, policy=good)
+    d.wait_log("watching")
+    good.write_text('[modes]\nspike = "never"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    log = d.wait_log("policy reload failed")
+    assert f"keeping the previous policy: {good}: modes.spike:" in log
+    good.write_text('lr_scale = 0.3\n[modes]\nspike = "observe"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    assert "spike=observe" in d.wait_log("policy reloaded")
+    assert d.proc.poll() is None
+
+
+def test_replay_of_a_run_folder_and_of_its_csv(tmp_path, trainer):
+    run = tmp_path / "run"
+    code, _, err = trainer(run, "--steps", "600", "--window", "10", "--lr-jump", "300:8").wait()
+    assert code == 0, err
+    out = cli("replay", run)
+    assert out.returncode == 0, out.stderr
+    findings = [json.loads(line) for line in out.stdout.splitlines()]
+    assert findings[0]["kind"] in ("spike", "nan") and 295 <= findings[0]["onset"] <= 320
+    assert set(findings[0]) == {"step", "onset", "kind", "severity", "message", "action"}
