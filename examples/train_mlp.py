@@ -56,6 +56,17 @@ def lr_jump(text: str) -> tuple[int, float]:
     return out
 
 
+def cut_on_plateau(plateau: torch.optim.lr_scheduler.ReduceLROnPlateau, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                   val: float) -> None:
+    """ReduceLROnPlateau beside a LambdaLR: LambdaLR recomputes the LR from its base every step, so
+    a cut must go into the base LRs too or the next step undoes it."""
+    before = [g["lr"] for g in plateau.optimizer.param_groups]
+    plateau.step(val)
+    for i, (group, old) in enumerate(zip(plateau.optimizer.param_groups, before)):
+        if group["lr"] < old:
+            scheduler.base_lrs[i] *= group["lr"] / old
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=None, help="run folder (default: $TRAINWARDEN_RUN_DIR or runs/mlp)")
@@ -67,6 +78,9 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=1000, help="steps between validation passes")
     parser.add_argument("--lr-jump", type=lr_jump, metavar="STEP:FACTOR",
                         help="multiply the LR by FACTOR from STEP on (makes the loss rebound, for the supervisor)")
+    parser.add_argument("--reduce-on-plateau", action="store_true",
+                        help="also halve the LR when validation stops improving (PyTorch ReduceLROnPlateau, "
+                             "patience 2): the baseline benchmarks/recovery.py compares with")
     args = parser.parse_args()
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
@@ -81,6 +95,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     jump_at, jump = args.lr_jump or (None, 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps // 20, args.steps, jump_at, jump))
+
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2) if args.reduce_on_plateau else None
 
     run_dir = args.run_dir or os.environ.get(tw.ENV_RUN_DIR) or "runs/mlp"
     with tw.attach(run_dir, model=model, optimizer=optimizer, scheduler=scheduler) as run:
@@ -98,6 +114,8 @@ def main() -> None:
                 with torch.no_grad():
                     val = nn.functional.mse_loss(model(x_val), y_val)
                 run.record_val(val)
+                if plateau is not None:
+                    cut_on_plateau(plateau, scheduler, val.item())
                 print(f"step {run.step:6d}  train {loss.item():.4f}  val {val.item():.4f}  lr {run.lr:.2e}")
             if run.should_stop:
                 print("stop requested: leaving the loop")
