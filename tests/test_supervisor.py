@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import statistics
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -208,3 +211,37 @@ def test_replay_of_a_run_folder_and_of_its_csv(tmp_path, trainer):
     findings = [json.loads(line) for line in out.stdout.splitlines()]
     assert findings[0]["kind"] in ("spike", "nan") and 295 <= findings[0]["onset"] <= 320
     assert set(findings[0]) == {"step", "onset", "kind", "severity", "message", "action"}
+
+
+def test_end_to_end_example_under_trainwarden_run_recovers_to_a_healthy_final_loss(tmp_path, daemon):
+    """The issue's proof: examples/train_mlp.py, whose schedule multiplies the LR by 30 at step 750,
+    launched with `trainwarden run`, the daemon in auto mode beside it."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_mlp.py"
+    job = [sys.executable, str(example), "--steps", "2500", "--hidden", "64", "--val-every", "250"]
+    healthy = tmp_path / "healthy"
+    subprocess.run([*job, "--run-dir", str(healthy)], check=True, capture_output=True, timeout=300)
+
+    root = tmp_path / "runs"
+    policy = tmp_path / "policy.toml"
+    policy.write_text("cooldown_steps = 250\n")  # the defaults otherwise, 50-step windows
+    d = daemon(root, policy=policy)
+    d.wait_log("watching")
+    out = cli("run", "--root", root, "--name", "jump", "--", *job, "--lr-jump", "750:30", timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = root / "jump"
+    wait_for(lambda: all(iv.status != "issued" for iv in interventions(run)), timeout=20)
+    first = interventions(run)[0]
+    assert first.finding in ("spike", "nan", "divergence") and 745 <= first.onset <= 800
+    with Store.open(run) as s:
+        rollback = s.command(first.commands[0])
+        assert rollback.kind == "rollback" and rollback.status == "applied"
+        assert s.checkpoint(rollback.args["target"]).step <= first.onset - 50
+        halved = s.command(first.commands[1])
+        assert (halved.kind, halved.args, halved.status) == ("scale_lr", {"factor": 0.5}, "applied")
+        branches = s.branches()
+        assert len(branches) >= 2 and s.max_step(0) > first.onset  # the rebounded steps are kept
+        assert s.run().status == "finished"
+        final = statistics.median(statistics.median(w.losses) for w in s.lineage_windows(s.run().branch)[-10:])
+    with Store.open(healthy) as s:
+        reference = statistics.median(statistics.median(w.losses) for w in s.lineage_windows(s.run().branch)[-10:])
+    assert final <= 1.5 * reference, (final, reference)
