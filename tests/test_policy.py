@@ -109,3 +109,12 @@ class TestDecide:
         p = Policy.model_validate({"modes": {"plateau": "auto", "overfit": "auto"}, "plateau_lr_scale": 0.3})
         assert [(a.kind, a.args) for a in decide(spike(kind="plateau"), p, record()).actions] == [("scale_lr", {"factor": 0.3})]
         assert [a.kind for a in decide(spike(kind="overfit"), p, record()).actions] == ["stop"]
+
+
+def test_the_readme_policy_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "policy.toml"
+    f.write_text(example)
+    p = load_policy(f)
+    assert p.max_interventions == 6 and p.detect.hung_after_s == 120
