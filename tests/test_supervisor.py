@@ -245,3 +245,40 @@ def test_end_to_end_example_under_trainwarden_run_recovers_to_a_healthy_final_lo
     with Store.open(healthy) as s:
         reference = statistics.median(statistics.median(w.losses) for w in s.lineage_windows(s.run().branch)[-10:])
     assert final <= 1.5 * reference, (final, reference)
+
+
+def test_budget_spent_pauses_the_run_for_a_person_per_run_overrides_apply(tmp_path, daemon, trainer):
+    root = tmp_path / "runs"
+    run = root / "limited"
+    run.mkdir(parents=True)
+    (run / "warden.toml").write_text("max_interventions = 1\n")  # this run only; the daemon's file says 6
+    t = trainer(run, "--steps", "100000", "--window", "10", "--lr-jump", "300:8", "--save-every-steps", "50",
+                "--sleep", "0.004")
+    d = daemon(root, policy=write_policy(tmp_path))
+    d.wait_log("needs_person", timeout=120)
+    wait_for(lambda: interventions(run)[-1].status == "applied", timeout=20)
+    ivs = interventions(run)
+    assert [iv.finding for iv in ivs] == [ivs[0].finding, "budget"]
+    with Store.open(run) as s:
+        assert s.run().status == "paused"
+        assert s.command(ivs[1].commands[0]).kind == "pause"
+    assert cli("stop", run).returncode == 0
+    t.wait(timeout=60)
+
+
+def test_polling_discovery_and_the_file_system_type(tmp_path):
+    from trainwarden.supervisor.daemon import fs_type
+
+    assert fs_type(Path("/proc/self")) == "proc"
+    root = tmp_path / "runs"
+    args = ["trainwarden", "supervise", "--root", str(root), "--poll"]
+    log = tmp_path / "poll.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(args, stderr=fh)
+        try:
+            wait_for(lambda: "(polling)" in log.read_text(), timeout=30)
+            Store.open(root / "a" / "b", create=True).close()  # nested two deep
+            wait_for(lambda: f"new run {root / 'a' / 'b'}" in log.read_text(), timeout=10)
+        finally:
+            proc.terminate()
+            proc.wait(15)
