@@ -67,13 +67,14 @@ class Policy(_Model):
     the onset; otherwise a further cut follows (rollback again, LR scaled again)."""
     max_interventions: int = Field(6, ge=1)
     """Interventions per run; the next one pauses the run and asks for a person instead."""
-    act_within_steps: int = Field(200, ge=0)
-    """A finding seen this many steps or more behind the run's current step (e.g. by a daemon that
-    was down) is recorded but not acted on: the run has moved on."""
+    act_within_s: float = Field(300.0, gt=0.0)
+    """A finding in data written more than this many seconds before the daemon read it (a daemon
+    that was down, say) is recorded but not acted on: the run has moved on. In seconds, not steps:
+    a fast run makes hundreds of steps between two ticks of the daemon."""
     detect: DetectorSettings = Field(default_factory=DetectorSettings)
     """Detector thresholds."""
 
-    @field_validator("lr_scale", "plateau_lr_scale", "cure_ratio")
+    @field_validator("lr_scale", "plateau_lr_scale", "cure_ratio", "act_within_s")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -229,15 +230,15 @@ def remedy(finding_kind: str, onset: int, policy: Policy, record: RunRecord) -> 
     return actions, ", ".join(words)
 
 
-def decide(finding: Finding, policy: Policy, record: RunRecord) -> Decision:
-    """What to do about a fresh finding."""
+def decide(finding: Finding, policy: Policy, record: RunRecord, age_s: float = 0.0) -> Decision:
+    """What to do about a finding whose data was written `age_s` seconds before it was seen."""
     mode = policy.mode(finding.kind)
     if mode == "observe":
         return Decision(mode="observe", reason="observed (policy: observe)")
     if record.status not in ("running", "paused"):
         return Decision(mode="held", reason=f"not acted on: the run is {record.status}")
-    if record.step - finding.step >= policy.act_within_steps and policy.act_within_steps > 0:
-        return Decision(mode="held", reason=f"not acted on: seen {record.step - finding.step} steps late")
+    if age_s > policy.act_within_s:
+        return Decision(mode="held", reason=f"not acted on: seen {age_s:.0f}s after it was recorded (act_within_s {policy.act_within_s:g})")
     if record.waiting_for is not None:
         return Decision(mode="held", reason=f"not acted on: intervention {record.waiting_for} is still pending")
     if finding.kind in REBOUND_KINDS and record.cooldown_until is not None and finding.step < record.cooldown_until:

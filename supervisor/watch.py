@@ -58,6 +58,7 @@ class RunWatch:
         self._window_cursor = 0
         self._metric_cursor = 0
         self._last_step = 0  # newest step the detectors have seen on the current branch
+        self._written: dict[int, float] = {}  # step -> when the window or metric ending there was written
         self._live = LivenessDetectors(policy.detect)
         self._keys: set[str] | None = None
         self._ckpt_times: tuple[float | None, float | None] = (None, None)
@@ -106,9 +107,9 @@ class RunWatch:
                 now=now, status=self.run.status, step=self.run.step, heartbeat_at=self.run.heartbeat_at,
                 started_at=self.run.started_at, newest_ready_at=self._ckpt_times[0], writing_since=self._ckpt_times[1]))
             for f in findings:
-                self._handle(s, f)
+                self._handle(s, f, now)
             if changed:
-                self._follow(s)
+                self._follow(s, now)
             self._version = s.data_version()
         except (StoreError, sqlite3.Error, OSError) as exc:
             self._fail(str(exc))
@@ -157,6 +158,7 @@ class RunWatch:
         self._segments = s.lineage(self._branch)
         self._det = LossDetectors(self._policy.detect)
         self._window_cursor = self._metric_cursor = 0
+        self._written.clear()
         return self._feed(s.lineage_windows(self._branch), s.lineage_metrics(self._branch, "val_loss"), s)
 
     def _feed(self, windows: list[Any], vals: list[Any], s: Store) -> list[Finding]:
@@ -166,6 +168,8 @@ class RunWatch:
             self._last_step = max(self._last_step if self._branch == windows[-1].branch else 0, windows[-1].last_step)
         if vals:
             self._metric_cursor = max(self._metric_cursor, max(m.id for m in vals))
+        self._written.update((w.last_step, w.time) for w in windows)
+        self._written.update((m.step, m.time) for m in vals)
         points = [(m.step, m.value) for m in vals if m.value is not None]
         return feed(self._det, windows, points)
 
@@ -204,7 +208,7 @@ class RunWatch:
         steps = [c.applied_step for c in (s.command(i) for i in iv.commands) if c is not None and c.applied_step is not None]
         return max(steps) if steps else iv.step
 
-    def _handle(self, s: Store, f: Finding, key: str | None = None, note: str = "") -> None:
+    def _handle(self, s: Store, f: Finding, now: float, key: str | None = None, note: str = "") -> None:
         """Record a finding once, and act on it as the policy says."""
         assert self._keys is not None and self.run is not None
         key = key or self._key(f)
@@ -212,7 +216,7 @@ class RunWatch:
             return
         interventions = s.interventions()
         record = self._record(s, interventions)
-        decision = decide(f, self._policy, record)
+        decision = decide(f, self._policy, record, age_s=now - self._written.get(f.step, now))
         acts = decision.mode in ("auto", "ask")
         again = self._again(f, interventions) if acts and not note else ""
         reason = "; ".join(x for x in (note if acts else "", again, decision.reason) if x)
@@ -260,7 +264,7 @@ class RunWatch:
         self.last_action = f"intervention {iid} on {self.name}: {reason}"
 
     # ------------------------------------------------------------------ follow
-    def _follow(self, s: Store) -> None:
+    def _follow(self, s: Store, now: float) -> None:
         """Interventions in flight: note their acknowledgement; after the cooldown, judge the cure."""
         assert self.run is not None
         interventions = s.interventions()
@@ -277,9 +281,9 @@ class RunWatch:
                 self._event(s, "intervention_applied" if ok else "intervention_rejected", "info" if ok else "warning",
                             f"intervention {iv.id} {'applied' if ok else 'rejected'}: {results}",
                             step=self._applied_step(s, iv), data={"intervention": iv.id})
-        self._judge(s, s.interventions())
+        self._judge(s, s.interventions(), now)
 
-    def _judge(self, s: Store, interventions: list[InterventionInfo]) -> None:
+    def _judge(self, s: Store, interventions: list[InterventionInfo], now: float) -> None:
         """After the cooldown of the newest applied remedy: cured, or a further cut."""
         assert self.run is not None and self._det is not None
         todo = [iv for iv in interventions
@@ -310,7 +314,7 @@ class RunWatch:
             message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
                      f"above {before:.4g} x {self._policy.cure_ratio:g} from before the onset at step {iv.onset}"),
             data={"level_before": before, "level": level, "after": iv.id})
-        self._handle(s, finding, key=f"cure:{iv.id}", note="not cured: a further cut")
+        self._handle(s, finding, now, key=f"cure:{iv.id}", note="not cured: a further cut")
 
     # ----------------------------------------------------------------- events
     def _event(self, s: Store, kind: str, severity: str, message: str, *, step: int | None = None,

@@ -93,7 +93,8 @@ class TestDecide:
         assert decide(spike(step=1000), Policy(), record(cooldown_until=1100)).mode == "held"
         assert decide(spike(step=1100), Policy(), record(cooldown_until=1100)).mode == "auto"
         assert decide(spike(), Policy(), record(waiting_for=3)).mode == "held"
-        assert decide(spike(step=500, onset=480), Policy(act_within_steps=200), record(step=1000)).mode == "held"
+        assert decide(spike(), Policy(act_within_s=60), record(), age_s=61).mode == "held"
+        assert decide(spike(), Policy(act_within_s=60), record(), age_s=59).mode == "auto"
         assert decide(spike(), Policy(), record(status="finished")).mode == "held"
 
     def test_budget_spent_pauses_for_a_person(self) -> None:

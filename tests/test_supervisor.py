@@ -21,7 +21,6 @@ from trainwarden.agent.store import Store
 POLICY = """
 cooldown_steps = 50
 rollback_margin_steps = 10
-act_within_steps = 150
 """
 JUMP = ["--steps", "1200", "--window", "10", "--lr-jump", "300:8", "--save-every-steps", "50", "--sleep", "0.004"]
 
