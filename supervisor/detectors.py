@@ -126,6 +126,7 @@ class LossDetectors:
         self._diffs: deque[float] = deque(maxlen=self.s.history_windows * 3)
         self._smooth: deque[float] = deque(maxlen=3)
         self._seen = 0
+        self._sizes: deque[int] = deque(maxlen=self.s.history_windows)
         self._prev_logs: list[float] = []
         self._prev_first = 0
         self._spiking = 0          # windows since a spike latched (0: armed)
@@ -172,6 +173,13 @@ class LossDetectors:
             self._prev_logs, self._prev_first = [], first
             return out
         level = statistics.median(logs)
+        # A short window (flushed at a pause, a rollback or the end) has a noisier median than
+        # the thresholds assume: it may raise a NaN finding but is not judged for a spike.
+        full = len(losses) >= max(self._sizes, default=0) // 2
+        self._sizes.append(len(losses))
+        if not full:
+            self._prev_logs, self._prev_first = logs, first
+            return out
         self._seen += 1
         if self._seen > self.s.warmup_windows and len(self._levels) >= 3:
             out.extend(self._spike(logs, level, first, last))

@@ -9,8 +9,9 @@ finding's event, the intervention and its commands are written in one transactio
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ class RunWatch:
         self._keys: set[str] | None = None
         self._ckpt_times: tuple[float | None, float | None] = (None, None)
         self.last_action: str | None = None
+        self._lines: list[tuple[str, str]] = []  # log lines of events not yet committed
+        self._in_tx = False
 
     # -------------------------------------------------------------- lifecycle
     def set_policy(self, policy: Policy) -> None:
@@ -221,7 +224,7 @@ class RunWatch:
         again = self._again(f, interventions) if acts and not note else ""
         reason = "; ".join(x for x in (note if acts else "", again, decision.reason) if x)
         data = {"key": key, "finding": f.model_dump(), "decision": decision.mode}
-        with s.transaction():
+        with self._transaction(s):
             self._event(s, f.kind, f.severity, f"{f.message} [{decision.mode}: {reason}]", step=f.step, data=data)
             if decision.mode in ("auto", "ask", "budget"):
                 self._intervene(s, f, decision, reason, note)
@@ -276,7 +279,7 @@ class RunWatch:
                 continue
             ok = all(c.status == "applied" for c in cmds if c is not None)
             results = "; ".join(f"{c.kind}: {c.result}" for c in cmds if c is not None)
-            with s.transaction():
+            with self._transaction(s):
                 s.update_intervention(iv.id, status="applied" if ok else "rejected")
                 self._event(s, "intervention_applied" if ok else "intervention_rejected", "info" if ok else "warning",
                             f"intervention {iv.id} {'applied' if ok else 'rejected'}: {results}",
@@ -298,7 +301,7 @@ class RunWatch:
             return
         before = iv.level_before
         if level <= before * self._policy.cure_ratio:
-            with s.transaction():
+            with self._transaction(s):
                 s.update_intervention(iv.id, outcome="cured")
                 for done in todo:  # the chain of cuts is over: its rollback targets need no pin
                     for a in done.actions:
@@ -308,13 +311,16 @@ class RunWatch:
                             f"intervention {iv.id} cured the run: loss level {level:.4g} vs {before:.4g} before the onset",
                             step=self._last_step, data={"intervention": iv.id})
             return
-        s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {before:.4g} before the onset")
-        finding = Finding(
-            kind=iv.finding, onset=iv.onset, step=self._last_step, severity="error",
-            message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
-                     f"above {before:.4g} x {self._policy.cure_ratio:g} from before the onset at step {iv.onset}"),
-            data={"level_before": before, "level": level, "after": iv.id})
-        self._handle(s, finding, now, key=f"cure:{iv.id}", note="not cured: a further cut")
+        # One transaction with the further cut: a kill in between must not leave the outcome
+        # written and the cut never made.
+        with self._transaction(s):
+            s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {before:.4g} before the onset")
+            finding = Finding(
+                kind=iv.finding, onset=iv.onset, step=self._last_step, severity="error",
+                message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
+                         f"above {before:.4g} x {self._policy.cure_ratio:g} from before the onset at step {iv.onset}"),
+                data={"level_before": before, "level": level, "after": iv.id})
+            self._handle(s, finding, now, key=f"cure:{iv.id}", note="not cured: a further cut")
 
     # ----------------------------------------------------------------- events
     def _event(self, s: Store, kind: str, severity: str, message: str, *, step: int | None = None,
@@ -322,6 +328,31 @@ class RunWatch:
         assert self.run is not None
         step = self.run.step if step is None else step
         s.add_event(kind, severity, message, step=step, branch=self.run.branch, data=data, source=SOURCE)
-        level = {"info": "info", "warning": "warning", "error": "error"}[severity]
-        self._log(level, f"{self.name} step {step} {kind}: {message}")
+        self._lines.append((severity, f"{self.name} step {step} {kind}: {message}"))
+        if not self._in_tx:
+            self._flush_lines()
+
+    @contextlib.contextmanager
+    def _transaction(self, s: Store) -> Iterator[None]:
+        """The store's transaction; the log lines of its events are written once it committed
+        (never a line for an event that was rolled back)."""
+        outer = not self._in_tx
+        self._in_tx = True
+        try:
+            with s.transaction():
+                yield
+        except BaseException:
+            if outer:
+                self._lines.clear()
+            raise
+        finally:
+            if outer:
+                self._in_tx = False
+        if outer:
+            self._flush_lines()
+
+    def _flush_lines(self) -> None:
+        for level, line in self._lines:
+            self._log(level, line)
+        self._lines.clear()
 

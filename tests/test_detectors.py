@@ -74,6 +74,15 @@ class TestSpike:
         assert [s.onset // 100 for s in spikes] == [20, 40]
 
 
+    def test_a_short_flushed_window_is_not_judged(self) -> None:
+        ws = windows(noisy(2000, 10, 0.5))
+        short = _W(ws[-1].last_step + 1, [5.0, 6.0, 4.0])  # three wild steps flushed at a pause
+        ws += [short] + [_W(short.last_step + 1 + i * W, w.losses) for i, w in enumerate(windows(noisy(1000, 11, 0.5, scale=0)))]
+        assert [f for f in feed(LossDetectors(), ws, []) if f.kind == "spike"] == []
+        ws[len(ws) - 21] = _W(short.first_step, [5.0, 6.0, 4.0] * 17)  # over a whole window: a spike
+        assert [f.kind for f in feed(LossDetectors(), ws, []) if f.kind == "spike"] == ["spike"]
+
+
 class TestNanAndDivergence:
     def test_first_non_finite_step_is_the_onset(self) -> None:
         losses = noisy(3000, 5, 0.2)
