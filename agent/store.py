@@ -153,6 +153,10 @@ class NotAStoreError(StoreError):
     """The folder holds no trainwarden store, or the file is not one."""
 
 
+class RunNotStartedError(NotAStoreError):
+    """The store exists but its run row is not written yet (a launcher or attach is creating it)."""
+
+
 class StoreVersionError(StoreError):
     """The store was written by a newer trainwarden."""
 
@@ -336,7 +340,7 @@ class Store:
     def run(self) -> RunInfo:
         row = self._one("SELECT * FROM run")
         if row is None:
-            raise NotAStoreError(f"{self.run_dir} has a store but no run in it yet")
+            raise RunNotStartedError(f"{self.run_dir} has a store but no run in it yet")
         data = dict(row)
         data["config"] = json.loads(data["config"] or "{}")
         return RunInfo.model_validate(data)

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.steps = 1, 2500
+        args.seeds, args.steps = 1, 2000
     print(machine())
     print(f"job: {SCRIPT.relative_to(REPO)} --steps {args.steps} --hidden 128, LR x30 from step {args.steps * 3 // 10}; "
           f"seeds 0..{args.seeds - 1}\n")

@@ -111,7 +111,9 @@ class Supervisor:
             self._candidates.add(folder)
 
     def _watch_roots(self) -> None:
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (
+            DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 
@@ -131,7 +133,10 @@ class Supervisor:
         for root in self.roots:
             polling = self.poll or fs_type(root) in NETWORK_FS
             observer = PollingObserver(timeout=1.0) if polling else Observer()
-            observer.schedule(Handler(), str(root), recursive=True)
+            # Only creations and moves are delivered: the kernel's reports of every SQLite write
+            # would otherwise cost the observer threads as much CPU as the ticks.
+            observer.schedule(Handler(), str(root), recursive=True,
+                              event_filter=[DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileMovedEvent])
             observer.daemon = True
             observer.start()
             self._observers.append(observer)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwarden.agent.records import InterventionInfo, RunInfo
-from trainwarden.agent.store import Segments, Store, StoreError, in_lineage
+from trainwarden.agent.store import RunNotStartedError, Segments, Store, StoreError, in_lineage
 
 from .detectors import (
     REBOUND_KINDS, Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed,
@@ -113,7 +113,11 @@ class RunWatch:
                 self._handle(s, f, now)
             if changed:
                 self._follow(s, now)
-            self._version = s.data_version()
+            # The counter read before this tick's reads: a commit that landed during the tick is
+            # seen by the next one (our own writes never move it).
+            self._version = version
+        except RunNotStartedError:
+            self.close()  # being created right now: look again next tick, it is not an error
         except (StoreError, sqlite3.Error, OSError) as exc:
             self._fail(str(exc))
 

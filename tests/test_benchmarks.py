@@ -15,6 +15,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ("record_overhead.py", []),
     ("checkpoint_stall.py", ["--dir", "{tmp}"]),
     ("training_overhead.py", []),
+    ("detection.py", []),
+    ("recovery.py", []),
+    ("supervisor_scale.py", ["--dir", "{tmp}"]),
 ])
 def test_each_benchmark_runs_and_prints_its_verdicts(script, extra, tmp_path):
     if script == "record_overhead.py" and importlib.util.find_spec("tensorboard") is None:
