@@ -233,6 +233,7 @@ class TestOlderStores:
         run.close()
         db = sqlite3.connect(run_dir / DB_NAME)  # turn it into what the schema-1 version wrote
         db.execute("ALTER TABLE checkpoints RENAME COLUMN checksum TO sha256")
+        db.execute("DROP TABLE interventions")  # added by schema 3
         db.execute("PRAGMA user_version=1")
         rows = db.execute("SELECT id, step, path FROM checkpoints WHERE status = 'ready' ORDER BY step").fetchall()
         for ckpt_id, _, path in rows:
@@ -252,6 +253,25 @@ class TestOlderStores:
         with Store.open(run_dir) as s:
             assert s.checkpoint(newest_id).status == "corrupt"
             assert len(s.checkpoint(rows[-2][0]).checksum) == 64  # the old digest, kept as it was
+        db = sqlite3.connect(run_dir / DB_NAME)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.close()
+
+    def test_a_schema_2_store_gains_the_interventions_table(self, run_dir):
+        """A store from before the supervisor (schema 2) opens with this version, keeps its
+        history and can hold the supervisor's interventions."""
+        run, model, step = attach(run_dir)
+        train(run, step, 30)
+        run.close()
+        db = sqlite3.connect(run_dir / DB_NAME)
+        db.execute("DROP TABLE interventions")
+        db.execute("PRAGMA user_version=2")
+        db.commit()
+        windows_before = db.execute("SELECT count(*) FROM windows").fetchone()[0]
+        db.close()
+        with Store.open(run_dir) as s:
+            assert len(s.lineage_windows(0)) == windows_before > 0
+            assert s.interventions() == []
         db = sqlite3.connect(run_dir / DB_NAME)
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         db.close()
