@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import getpass
 import json
 import math
 import os
 import re
-import socket
 import sqlite3
 import sys
 import time
@@ -25,6 +23,7 @@ from trainwarden.agent.records import CheckpointInfo, RunInfo
 from trainwarden.agent.store import Store, StoreError
 
 from .daemon import find_runs
+from .operator import LIVE, OperatorError, decide_proposal, issuer, liveness, send_command
 
 ENV_ROOT = "TRAINWARDEN_ROOT"
 EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_NOT_ACKED = 0, 1, 2, 3
@@ -52,25 +51,6 @@ def open_store(text: str) -> Store:
         return Store.open(resolve_run(text))
     except StoreError as exc:
         raise CliError(str(exc)) from None
-
-
-def liveness(info: RunInfo, now: float | None = None) -> str:
-    """The run's status as an operator should read it: a run marked running whose process is
-    gone is shown as crashed, and one whose heartbeat stopped as stale."""
-    if info.status not in ("running", "paused"):
-        return info.status
-    now = time.time() if now is None else now
-    if info.pid is not None and info.host == socket.gethostname():
-        try:
-            os.kill(info.pid, 0)
-        except ProcessLookupError:
-            return "crashed"
-        except PermissionError:
-            pass
-    beat = float(info.config.get("heartbeat_interval_s", 2.0))
-    if info.status == "running" and info.heartbeat_at is not None and now - info.heartbeat_at > max(10.0, 5 * beat):
-        return "stale"
-    return info.status
 
 
 def age(seconds_ago: float | None) -> str:
@@ -104,14 +84,6 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-
-
-def issuer() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def newest_ready(ckpts: list[CheckpointInfo]) -> CheckpointInfo | None:
@@ -239,27 +211,27 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace, kind: str, cmd_args: dict[str, Any]) -> int:
     """Write a command, then wait for the agent's acknowledgement unless told not to."""
-    if not (math.isfinite(args.timeout) and args.timeout >= 0):
-        raise CliError(f"--timeout must be a number of seconds >= 0, got {args.timeout}")
+    _check_timeout(args)
     with open_store(args.run) as s:
         info = s.run()
-        if kind == "rollback" and isinstance(cmd_args["target"], int):
-            target = s.checkpoint(cmd_args["target"])
-            if target is None:
-                raise CliError(f"checkpoint {cmd_args['target']} does not exist in {info.name}")
-            if target.status != "ready":
-                raise CliError(f"checkpoint {target.id} is not ready (status {target.status}); "
-                               "see `trainwarden checkpoints`")
-        command_id = s.add_command(kind, cmd_args, issuer())
+        try:
+            command_id = send_command(s, kind, cmd_args, issuer())
+        except OperatorError as exc:
+            raise CliError(f"{exc}; see `trainwarden checkpoints`" if kind == "rollback" else str(exc)) from None
         print(f"command {command_id}: {kind} {json.dumps(cmd_args) if cmd_args else ''}".rstrip())
         return EXIT_OK if args.no_wait else _wait(s, info, [command_id], args.timeout)
+
+
+def _check_timeout(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.timeout) and args.timeout >= 0):
+        raise CliError(f"--timeout must be a number of seconds >= 0, got {args.timeout}")
 
 
 def _wait(s: Store, info: RunInfo, command_ids: list[int], timeout: float) -> int:
     """Wait for the agent to acknowledge every command; print each result."""
     queued = ", ".join(map(str, command_ids))
     state = liveness(info)
-    if state not in ("running", "paused"):
+    if state not in LIVE:
         print(f"queued: {info.name} is {state}; the command will be applied when training attaches again",
               file=sys.stderr)
         return EXIT_NOT_ACKED
@@ -316,28 +288,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
     """Approve (write its commands) or deny a proposal; works with the daemon down."""
-    if not (math.isfinite(args.timeout) and args.timeout >= 0):
-        raise CliError(f"--timeout must be a number of seconds >= 0, got {args.timeout}")
-    who = issuer()
+    _check_timeout(args)
     with open_store(args.run) as s:
         info = s.run()
-        iv = s.intervention(args.id)
-        if iv is None:
-            raise CliError(f"{info.name} has no intervention {args.id} (see `trainwarden events {args.run}`)")
-        if iv.status != "proposed":
-            print(f"trainwarden: intervention {iv.id} is {iv.status}, not a pending proposal", file=sys.stderr)
+        try:
+            iv, ids = decide_proposal(s, args.id, approve, issuer(), source="cli")
+        except OperatorError as exc:
+            if s.intervention(args.id) is None:
+                raise CliError(f"{exc} (see `trainwarden events {args.run}`)") from None
+            print(f"trainwarden: {exc}", file=sys.stderr)
             return EXIT_REJECTED
-        verb = "approved" if approve else "denied"
-        with s.transaction():
-            if approve:
-                ids = s.issue_intervention(iv.id, iv.actions, who, "proposed") or []
-            else:
-                s.update_intervention(iv.id, status="denied")
-                ids = []
-            s.update_intervention(iv.id, decided_by=who, decided_at=time.time())
-            s.add_event(f"proposal_{verb}", "info", f"proposal {iv.id} {verb} by {who}: {iv.reason}",
-                        step=info.step, branch=info.branch, data={"intervention": iv.id, "commands": ids}, source="cli")
-        print(f"proposal {iv.id} {verb}: {iv.reason}")
+        print(f"proposal {iv.id} {'approved' if approve else 'denied'}: {iv.reason}")
         if not approve or args.no_wait:
             return EXIT_OK
         return _wait(s, info, ids, args.timeout)
@@ -378,6 +339,19 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     supervisor.run()
     return EXIT_OK
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    roots = [Path(r) for r in (args.root or [str(default_root())])]
+    for root in roots:
+        if not root.is_dir():
+            raise CliError(f"{root}: no such folder (give --root DIR, or set ${ENV_ROOT})")
+    _check_timeout(args)
+    try:
+        from trainwarden.tui.app import run_tui
+    except ImportError as exc:  # textual is a dependency; a broken install says which part is missing
+        raise CliError(f"the TUI cannot start: {exc}") from None
+    return run_tui(roots, timeout=args.timeout)
 
 
 # ---------------------------------------------------------------------- main
@@ -480,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="policy TOML (reloaded on SIGHUP)")
     p.add_argument("--poll", action="store_true", help="poll the roots instead of inotify (automatic on NFS/CIFS)")
     p.set_defaults(func=cmd_supervise)
+
+    p = sub.add_parser("tui", help="the operator's screen: every run live, keys to steer them")
+    p.add_argument("--root", action="append", help=f"folder holding runs (repeatable; default ${ENV_ROOT} or ./runs)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a command's acknowledgement")
+    p.set_defaults(func=cmd_tui)
 
     from . import launcher  # the launcher's options live with it
     launcher.register(sub)

@@ -60,7 +60,8 @@ from typing import Any, Literal
 from trainwarden.agent import __version__ as VERSION
 from trainwarden.agent.store import DB_NAME, Store, StoreError
 
-from .cli import CliError, _count, default_root, liveness
+from .cli import CliError, _count, default_root
+from .operator import liveness
 from .detectors import DetectorSettings, Finding, LivenessDetectors, LivenessObservation
 from .policy import PolicyError, load_policy, with_run_overrides
 

@@ -1,0 +1,299 @@
+"""The TUI's widgets: the runs table, the loss chart, the run header and the detail lists.
+
+Widgets only show what they are given (rows, a `RunDetail`); reading stores is the app's job,
+done in worker threads, so a slow or locked store never freezes the screen.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+
+from trainwarden.supervisor.cli import age, fmt, size
+
+from . import plot
+from .chart import render
+from .model import RunDetail, RunRow, describe_command, on_history
+
+Clock = Callable[[], float]
+
+STATUS_STYLE = {
+    "running": "bold #69f0ae", "paused": "bold #ffd740", "finished": "#90a4ae", "stopped": "#b0bec5",
+    "crashed": "bold #ff5252", "stale": "bold #ffab40", "unreadable": "bold #ff5252", "created": "#90a4ae",
+}
+HEALTH_STYLE = {"ok": "#69f0ae", "info": "#80d8ff", "warning": "bold #ffd740", "error": "bold #ff5252"}
+SEVERITY_STYLE = {"info": "#90a4ae", "warning": "#ffd740", "error": "bold #ff5252"}
+CMD_STYLE = {"pending": "#ffd740", "applied": "#69f0ae", "rejected": "#ff5252", "timeout": "bold #ffab40"}
+
+
+def trend_text(trend: float | None) -> Text:
+    """An arrow and a percentage; falling loss is good (green), rising is bad (red)."""
+    if trend is None:
+        return Text("")
+    pct = trend * 100
+    if abs(pct) < 1:
+        return Text("→ 0%", style="#90a4ae")
+    if pct < 0:
+        return Text(f"↓{-pct:.0f}%", style="#69f0ae")
+    return Text(f"↑{pct:.0f}%", style="bold #ff5252" if pct >= 20 else "#ffab40")
+
+
+# ------------------------------------------------------------------ runs table
+class RunsTable(DataTable):
+    """All runs, one row each; keyed by run folder. Sorted and filtered by the app."""
+
+    COLUMNS = (("name", "RUN"), ("status", "STATUS"), ("step", "STEP"), ("loss", "LOSS"), ("trend", "TREND"),
+               ("lr", "LR"), ("ckpt", "CKPT AGE"), ("iv", "INTERV."), ("health", "HEALTH"), ("proposals", "ASK"))
+    # The first order of each column puts what needs a look first: the most steps, the highest
+    # loss, the fastest rise, the oldest checkpoint, the most interventions, the worst health.
+    SORT_KEYS: dict[str, Callable[[RunRow], Any]] = {
+        "name": lambda r: r.name.lower(),
+        "status": lambda r: r.status,
+        "step": lambda r: -(r.step or 0),
+        "loss": lambda r: -(r.loss if r.loss is not None else float("-inf")),
+        "trend": lambda r: -(r.trend if r.trend is not None else 0.0),
+        "lr": lambda r: -(r.lr or 0.0),
+        "ckpt": lambda r: r.newest_checkpoint_at or 0.0,
+        "iv": lambda r: -r.interventions,
+        "health": lambda r: -{"ok": 0, "info": 1, "warning": 2, "error": 3}.get(r.health.severity, 0),
+        "proposals": lambda r: -r.proposals,
+    }
+
+    def __init__(self, clock: Clock = time.time, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.clock = clock
+        self._keys: list[str] = []
+
+    def on_mount(self) -> None:
+        for key, label in self.COLUMNS:
+            self.add_column(label, key=key)
+
+    def cells(self, r: RunRow) -> list[Text]:
+        now = self.clock()
+        health = Text(r.health.label, style=HEALTH_STYLE.get(r.health.severity, ""))
+        return [
+            Text(r.name, style="bold"),
+            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+            Text("-" if r.step is None else f"{r.step:,}", justify="right"),
+            Text(fmt(r.loss), justify="right"),
+            trend_text(r.trend),
+            Text(fmt(r.lr, ".3g"), justify="right"),
+            Text(age(now - r.newest_checkpoint_at) if r.newest_checkpoint_at else "-", justify="right"),
+            Text(str(r.interventions) if r.interventions else "-", justify="right",
+                 style="#e040fb" if r.interventions else "#607d8b"),
+            health,
+            Text(f"{r.proposals} ?" if r.proposals else "", style="bold reverse #e040fb" if r.proposals else ""),
+        ]
+
+    def show(self, rows: list[RunRow]) -> None:
+        """Show exactly these rows in this order, updating cells in place when the set and order
+        are unchanged (no flicker, the cursor stays on its run)."""
+        keys = [r.path for r in rows]
+        if keys == self._keys:
+            for r in rows:
+                for (col, _), cell in zip(self.COLUMNS, self.cells(r)):
+                    self.update_cell(r.path, col, cell)
+            return
+        selected = self.selected_path()
+        self.clear()
+        for r in rows:
+            self.add_row(*self.cells(r), key=r.path)
+        self._keys = keys
+        if selected in keys:
+            self.move_cursor(row=keys.index(selected))
+
+    def selected_path(self) -> str | None:
+        if not self._keys or self.cursor_row < 0 or self.cursor_row >= len(self._keys):
+            return None
+        return self._keys[self.cursor_row]
+
+
+# --------------------------------------------------------------------- chart
+class LossChart(Widget):
+    """The loss history of one run, redrawn whenever its data or view settings change."""
+
+    DEFAULT_CSS = """
+    LossChart { height: 1fr; min-height: 8; padding: 0 1; }
+    """
+    log: reactive[bool] = reactive(False)
+    raw: reactive[bool] = reactive(False)
+    zoom: reactive[int | None] = reactive(None)
+    detail: reactive[RunDetail | None] = reactive(None, always_update=True)
+
+    def render(self) -> Text:
+        width, height = self.content_size.width, self.content_size.height
+        legend = self._legend()
+        if self.detail is None:
+            return Text("reading…", style="dim")
+        layers, markers, frame = plot.build(self.detail, raw=self.raw, zoom=self.zoom, log=self.log)
+        if frame is None:
+            return Text.assemble(legend, "\n\n", Text("no losses recorded yet", style="dim"))
+        lines = render(layers, markers, frame, width, max(4, height - 1))
+        return Text("\n").join([legend, *lines])
+
+    def _legend(self) -> Text:
+        view = "all steps" if self.zoom is None else f"last {self.zoom:,} steps"
+        return Text.assemble(
+            ("━ current ", plot.CURRENT), ("━ rolled back ", plot.OLD), ("● val ", plot.VAL),
+            ("▲ checkpoint ", plot.CHECKPOINT), ("◆ intervention ", plot.INTERVENTION), ("✖ NaN/inf ", plot.NONFINITE),
+            (f"   [{'log' if self.log else 'linear'} · {'every step' if self.raw else 'window mean, min-max band'} · {view}]",
+             "dim"),
+        )
+
+
+class RunHeader(Static):
+    """One line of facts about the run shown in the detail screen."""
+
+    DEFAULT_CSS = """
+    RunHeader { height: auto; padding: 0 1; background: $boost; }
+    """
+
+    def show(self, d: RunDetail, now: float) -> None:
+        r = d.run
+        health_style = HEALTH_STYLE.get(d.health.severity, "")
+        parts: list[Any] = [
+            (r.name, "bold"), "  ", (d.status, STATUS_STYLE.get(d.status, "")),
+            f"  step {r.step:,}  branch {r.branch}  lr {fmt(r.lr, '.4g')}",
+            f" (×{r.lr_multiplier:.3g})" if r.lr_multiplier != 1 else "",
+            f"  loss {fmt(r.last_loss)}",
+            f"  heartbeat {age(now - r.heartbeat_at)} ago" if r.heartbeat_at else "",
+            "  health ", (d.health.label, health_style),
+        ]
+        text = Text.assemble(*parts)
+        if d.health.detail and d.health.severity != "ok":
+            text.append(f"\n{d.health.detail}", style="dim")
+        text.append(f"\n{d.path}", style="dim")
+        self.update(text)
+
+
+class EventsTable(DataTable):
+    """The run's events, newest first."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", **kwargs)
+
+    def on_mount(self) -> None:
+        for label in ("TIME", "SEVERITY", "KIND", "STEP", "SOURCE", "MESSAGE"):
+            self.add_column(label, key=label.lower())
+
+    def show(self, d: RunDetail) -> None:
+        keep = self.cursor_row
+        self.clear()
+        for e in reversed(d.events):
+            self.add_row(time.strftime("%m-%d %H:%M:%S", time.localtime(e.time)),
+                         Text(e.severity, style=SEVERITY_STYLE.get(e.severity, "")), e.kind,
+                         "-" if e.step is None else str(e.step), e.source, e.message, key=str(e.id))
+        if 0 <= keep < self.row_count:
+            self.move_cursor(row=keep)
+
+
+class CheckpointsTable(DataTable):
+    """Checkpoints, newest first; the rollback dialog uses the same table."""
+
+    def __init__(self, clock: Clock = time.time, ready_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", **kwargs)
+        self.clock = clock
+        self.ready_only = ready_only
+        self.ids: list[int] = []
+
+    def on_mount(self) -> None:
+        for label in ("ID", "STEP", "BRANCH", "LOSS", "KIND", "STATUS", "SIZE", "AGE", ""):
+            self.add_column(label, key=label.lower() or "note")
+
+    def show(self, d: RunDetail) -> None:
+        now = self.clock()
+        ckpts = [c for c in reversed(d.checkpoints) if c.status == "ready" or not self.ready_only]
+        ids = [c.id for c in ckpts]
+        keep = self.cursor_row
+        self.clear()
+        best = min((c for c in ckpts if c.status == "ready" and c.loss is not None), key=lambda c: c.loss, default=None)
+        for c in ckpts:
+            current = on_history(c.step, c.branch, d.segments) or c.step == 0
+            note = []
+            if best is not None and c.id == best.id:
+                note.append("best")
+            if not current:
+                note.append("rolled-back branch")
+            if c.pinned:
+                note.append("pinned")
+            if c.error:
+                note.append(c.error)
+            style = {"ready": "#69f0ae", "writing": "#ffd740"}.get(c.status, "#ff5252")
+            self.add_row(str(c.id), f"{c.step:,}", str(c.branch), fmt(c.loss), c.kind, Text(c.status, style=style),
+                         size(c.bytes), age(now - c.created_at), Text(", ".join(note), style="dim" if not current else ""),
+                         key=str(c.id))
+        if ids == self.ids and 0 <= keep < self.row_count:
+            self.move_cursor(row=keep)
+        self.ids = ids
+
+    def selected_id(self) -> int | None:
+        if not self.ids or not (0 <= self.cursor_row < len(self.ids)):
+            return None
+        return self.ids[self.cursor_row]
+
+
+class CommandsTable(DataTable):
+    """Commands and the supervisor's interventions/proposals, with their acknowledgement."""
+
+    def __init__(self, clock: Clock = time.time, timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", **kwargs)
+        self.clock = clock
+        self.timeout = timeout
+
+    def on_mount(self) -> None:
+        for label in ("ID", "COMMAND", "ISSUER", "STATUS", "RESULT", "AGE"):
+            self.add_column(label, key=label.lower())
+
+    def show(self, d: RunDetail) -> None:
+        now = self.clock()
+        keep = self.cursor_row
+        self.clear()
+        for c in reversed(d.commands):
+            status = c.status
+            if status == "pending" and now - c.created_at > self.timeout:
+                label = Text(f"not acknowledged ({age(now - c.created_at)})", style=CMD_STYLE["timeout"])
+            else:
+                label = Text(status, style=CMD_STYLE.get(status, ""))
+            self.add_row(str(c.id), describe_command(c), c.issuer, label, c.result or "", age(now - c.created_at),
+                         key=str(c.id))
+        if 0 <= keep < self.row_count:
+            self.move_cursor(row=keep)
+
+
+class ProposalsTable(DataTable):
+    """The supervisor's interventions: proposals to approve or deny, and what was done."""
+
+    def __init__(self, clock: Clock = time.time, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", **kwargs)
+        self.clock = clock
+        self.ids: list[int] = []
+
+    def on_mount(self) -> None:
+        for label in ("ID", "FINDING", "ONSET", "MODE", "STATUS", "ACTIONS", "DECIDED BY", "OUTCOME", "REASON"):
+            self.add_column(label, key=label.lower())
+
+    def show(self, d: RunDetail) -> None:
+        keep = self.cursor_row
+        ordered = sorted(d.interventions, key=lambda iv: (iv.status != "proposed", -iv.id))
+        ids = [iv.id for iv in ordered]
+        self.clear()
+        for iv in ordered:
+            style = "bold reverse #e040fb" if iv.status == "proposed" else CMD_STYLE.get(iv.status, "")
+            actions = ", ".join(a["kind"] + (" " + " ".join(str(v) for v in a.get("args", {}).values()) if a.get("args") else "")
+                                for a in iv.actions)
+            self.add_row(str(iv.id), iv.finding, str(iv.onset), iv.mode, Text(iv.status, style=style), actions,
+                         iv.decided_by or "", iv.outcome or "", iv.reason, key=str(iv.id))
+        if ids == self.ids and 0 <= keep < self.row_count:
+            self.move_cursor(row=keep)
+        self.ids = ids
+
+    def selected_id(self) -> int | None:
+        if not self.ids or not (0 <= self.cursor_row < len(self.ids)):
+            return None
+        return self.ids[self.cursor_row]
+
