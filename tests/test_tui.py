@@ -6,12 +6,14 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from trainwarden.agent.store import DB_NAME, Store
 from trainwarden.tui.app import DetailScreen, RunsScreen, TrainwardenApp
 from trainwarden.tui.dialogs import ConfirmDialog, LRDialog, RollbackDialog
@@ -415,3 +417,55 @@ class TestFailures:
                             "both runs once the lock is gone")
         finally:
             db.close()
+
+
+class TestInstalledCommand:
+    def test_trainwarden_tui_in_tmux(self, live):
+        """The installed command in a real terminal (tmux): shows the run, p pauses it, ? shows
+        the keys, q quits with status 0."""
+        if shutil.which("tmux") is None:
+            pytest.skip("tmux is not installed")
+        root, path, _ = live
+        sock = f"tw-test-{os.getpid()}"
+        tmux = ["tmux", "-L", sock]
+
+        def capture() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", "tw"], capture_output=True, text=True).stdout
+
+        def send(*keys: str) -> None:
+            subprocess.run([*tmux, "send-keys", "-t", "tw", *keys], check=True)
+
+        def wait_screen(text: str, timeout: float = 30.0) -> str:
+            deadline = time.monotonic() + timeout
+            while True:
+                screen = capture()
+                if text in screen:
+                    return screen
+                assert time.monotonic() < deadline, f"{text!r} not on screen:\n{screen}"
+                time.sleep(0.2)
+
+        command = f"{shutil.which('trainwarden')} tui --root {root}; echo EXITED $?; sleep 60"
+        subprocess.run([*tmux, "new-session", "-d", "-s", "tw", "-x", "160", "-y", "40", command], check=True,
+                       env={**os.environ, "TERM": "xterm-256color"})
+        try:
+            wait_screen("Pause/Resume")
+            screen = wait_screen(" live ")
+            assert "STATUS" in screen and "running" in screen
+            send("p")
+            wait_for(lambda: run_info(path).status == "paused")
+            wait_screen("paused")
+            wait_screen(f" {run_info(path).step:,} ")  # the whole number, however wide it grew
+            send("p")
+            wait_for(lambda: run_info(path).status == "running")
+            send("?")
+            wait_screen("trainwarden keys")
+            send("Escape")
+            time.sleep(0.5)  # a lone ESC is told from an escape sequence by the pause after it
+            send("Enter")  # the run's detail: the chart's legend and the tabs
+            screen = wait_screen("rolled back")
+            assert "Checkpoints" in screen and "Events" in screen
+            send("q")
+            wait_screen("EXITED 0")
+        finally:
+            subprocess.run([*tmux, "kill-server"], capture_output=True)
+        assert [c.kind for c in commands(path)] == ["pause", "resume"]

@@ -108,9 +108,7 @@ def build(detail: RunDetail, *, raw: bool = False, zoom: int | None = None, log:
             markers.append(Marker((p.first + p.last) / 2, "✖", NONFINITE))
 
     val_now = sorted(((m.step, m.value) for m in detail.val if m.value is not None and on_history(m.step, m.branch, segments)))
-    if val_now:
-        val.lines.append(val_now)
-        val.points.extend(val_now)
+    val.points.extend(val_now)  # points only: a line would hide the training curve it follows
     old_val.points.extend((m.step, m.value) for m in detail.val
                           if m.value is not None and not on_history(m.step, m.branch, segments))
 
@@ -123,7 +121,7 @@ def build(detail: RunDetail, *, raw: bool = False, zoom: int | None = None, log:
             iv_lines.verticals.append(iv.step)
             markers.append(Marker(iv.step, "◆", INTERVENTION))
 
-    layers = [iv_lines, old_band, cur_band, old, old_val, cur, val]
+    layers = [iv_lines, old_band, cur_band, old, old_val, val, cur]
     frame = fit_frame([old, cur, val, old_val] if not raw else [old, cur, val], x0, x1, log)
     if frame is not None and raw:
         frame = _robust_raw_frame(frame, [old, cur], x0, x1, log)

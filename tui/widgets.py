@@ -97,7 +97,7 @@ class RunsTable(DataTable):
         if keys == self._keys:
             for r in rows:
                 for (col, _), cell in zip(self.COLUMNS, self.cells(r)):
-                    self.update_cell(r.path, col, cell)
+                    self.update_cell(r.path, col, cell, update_width=True)
             return
         selected = self.selected_path()
         self.clear()
