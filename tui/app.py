@@ -19,7 +19,7 @@ from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from trainwarden.agent.records import InterventionInfo
 from trainwarden.agent.store import Store, StoreError
@@ -33,6 +33,7 @@ from .widgets import (
 )
 
 ZOOMS: tuple[int | None, ...] = (None, 10_000, 2_000, 500)
+AGES_EVERY_S = 5.0  # how often lists whose data did not change are redrawn (ages, timeouts)
 
 
 @dataclass
@@ -206,19 +207,17 @@ class RunsScreen(RunActions, Screen[None]):
         self.reverse = not self.reverse
         self.show_rows()
 
-    @on(DataTable.HeaderSelected, "#runs")
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        keys = [k for k, _ in RunsTable.COLUMNS]
-        index = keys.index(str(event.column_key.value))
+    @on(RunsTable.SortRequested)
+    def _header(self, event: RunsTable.SortRequested) -> None:
+        index = [k for k, _ in RunsTable.COLUMNS].index(event.column)
         if index == self.sort_index:
             self.reverse = not self.reverse
         self.sort_index = index
         self.show_rows()
 
-    @on(DataTable.RowSelected, "#runs")
-    def _open(self, event: DataTable.RowSelected) -> None:
-        if t := self.target():
-            self.app.open_detail(t[0])
+    @on(RunsTable.Selected)
+    def _open(self, event: RunsTable.Selected) -> None:
+        self.app.open_detail(Path(event.path))
 
     def action_events(self) -> None:
         if t := self._with_target():
@@ -244,6 +243,7 @@ class DetailScreen(RunActions, Screen[None]):
         self.first_tab = tab
         self.gone: str | None = None
         self._busy = False
+        self._drawn_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield RunHeader(f"{self.path}\nreading…", id="header")
@@ -299,8 +299,15 @@ class DetailScreen(RunActions, Screen[None]):
                 header.update(f"[b #ff5252]{label}[/]")
 
     def show(self, d: RunDetail) -> None:
+        # The reader hands back the same object when nothing was written; the lists are then
+        # redrawn only every few seconds, for their ages and the commands' timeouts.
+        now = self.app.clock()
+        unchanged = d is self.detail
         self.detail = d
-        self.query_one(RunHeader).show(d, self.app.clock())
+        self.query_one(RunHeader).show(d, now)
+        if unchanged and now - self._drawn_at < AGES_EVERY_S:
+            return
+        self._drawn_at = now
         self.query_one(LossChart).detail = d
         self.query_one(EventsTable).show(d)
         self.query_one("#checkpoints-table", CheckpointsTable).show(d)

@@ -199,12 +199,11 @@ class RunsReader:
                 s = self._stores[path] = Store.open(path)
             version = s.data_version()
             cached = self._cache.get(path)
-            if cached is not None and cached[0] == version and cached[2] is not None:
-                row, info = cached[1], cached[2]
-                status = liveness(info, now)
-                if status == row.status:
-                    return row
-                return row.model_copy(update={"status": status})
+            # Unchanged store, unchanged liveness: the row stands. A process that died or went
+            # quiet changes the health too, so that is read again in full.
+            if cached is not None and cached[0] == version and cached[2] is not None \
+                    and liveness(cached[2], now) == cached[1].status:
+                return cached[1]
             row, info = read_row(s, path, now)
             self._cache[path] = (version, row, info)
             return row
@@ -260,9 +259,8 @@ class DetailReader:
                 self._version = None
             s = self._store
             version = s.data_version()
-            if version == self._version and self._last is not None:
-                status = liveness(self._last.run, now)
-                return self._last if status == self._last.status else self._last.model_copy(update={"status": status})
+            if version == self._version and self._last is not None and liveness(self._last.run, now) == self._last.status:
+                return self._last
             detail = self._read(s, now)
             self._version, self._last = version, detail
             return detail

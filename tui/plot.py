@@ -36,6 +36,7 @@ class Piece:
     last: int
     losses: list[float]
     current: bool
+    window: WindowInfo | None = None  # set when the piece is the whole window: its stored stats apply
 
 
 def split(w: WindowInfo, segments: Segments) -> list[Piece]:
@@ -44,7 +45,7 @@ def split(w: WindowInfo, segments: Segments) -> list[Piece]:
     if not mine or any(after < w.first_step and (upto is None or w.last_step <= upto) for after, upto in mine) \
             or all(w.last_step <= after or (upto is not None and w.first_step > upto) for after, upto in mine):
         whole = bool(mine) and any(after < w.first_step and (upto is None or w.last_step <= upto) for after, upto in mine)
-        return [Piece(w.branch, w.first_step, w.last_step, w.losses, whole)]
+        return [Piece(w.branch, w.first_step, w.last_step, w.losses, whole, w)]
     pieces: list[Piece] = []
     flags = [on_history(w.first_step + i, w.branch, segments) for i in range(len(w.losses))]
     start = 0
@@ -92,7 +93,8 @@ def build(detail: RunDetail, *, raw: bool = False, zoom: int | None = None, log:
     else:
         lines: dict[tuple[bool, int], list[tuple[float, float]]] = defaultdict(list)
         for p in sorted(visible, key=lambda p: p.first):
-            stats = _stats(p.losses)
+            w = p.window
+            stats = _stats(p.losses) if w is None else (None if w.mean is None else (w.mean, w.min, w.max))
             x = (p.first + p.last) / 2
             if stats is None:
                 lines[(p.current, p.branch)].append((x, math.nan))  # breaks the line
@@ -104,7 +106,7 @@ def build(detail: RunDetail, *, raw: bool = False, zoom: int | None = None, log:
         for (is_current, _), line in lines.items():
             (cur if is_current else old).lines.append(line)
     for p in visible:
-        if any(not math.isfinite(v) for v in p.losses):
+        if (p.window.nonfinite > 0) if p.window is not None else any(not math.isfinite(v) for v in p.losses):
             markers.append(Marker((p.first + p.last) / 2, "✖", NONFINITE))
 
     val_now = sorted(((m.step, m.value) for m in detail.val if m.value is not None and on_history(m.step, m.branch, segments)))
