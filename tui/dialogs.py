@@ -144,7 +144,7 @@ HELP = """\
 
 [b]Run detail[/b]
   g    log / linear scale         z  zoom: all, last 10k, 2k, 500 steps
-  r    every step / window band   tab  events · checkpoints · commands · interventions
+  r    every step / window band   tab  focus the lists; on their tab bar ← → switch
   esc  back to the table
 
   ?    this help                  q  quit
