@@ -454,26 +454,23 @@ def _open_run(run_dir: Path) -> Store:
 
 
 # ----------------------------------------------------------------------- CLI
-def _positive(text: str) -> float:
-    """argparse type: a number of seconds > 0."""
+def _seconds(text: str, zero_ok: bool) -> float:
+    """A finite number of seconds, > 0 (or >= 0 with `zero_ok`), for argparse."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    if not ((0 <= value if zero_ok else 0 < value) and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds {'>=' if zero_ok else '>'} 0, got {text!r}")
     return value
+
+
+def _positive(text: str) -> float:
+    return _seconds(text, zero_ok=False)
 
 
 def _not_negative(text: str) -> float:
-    """argparse type: a number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0 <= value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
+    return _seconds(text, zero_ok=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

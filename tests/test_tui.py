@@ -68,6 +68,13 @@ async def select(pilot, app: TrainwardenApp, path: Path) -> None:
     await pilot.pause()
 
 
+async def open_detail(pilot, app: TrainwardenApp) -> DetailScreen:
+    """Enter on the selected run; the detail screen once it has read the run."""
+    await pilot.press("enter")
+    return await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail and app.screen,
+                       "the detail screen")
+
+
 def cell(app: TrainwardenApp, path: Path, column: str) -> str:
     table = app.screen.query_one(RunsTable)
     return table.get_cell(str(path), column).plain
@@ -206,9 +213,7 @@ class TestRollback:
         app = app_for(root)
         async with app.run_test(size=(150, 40)) as pilot:
             await select(pilot, app, path)
-            await pilot.press("enter")
-            detail = await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail and app.screen,
-                                 "the detail screen")
+            detail = await open_detail(pilot, app)
             os.kill(t.proc.pid, signal.SIGSTOP)  # hold retention still while we pick
             await pilot.press("b")
             dialog = await until(pilot, lambda: isinstance(app.screen, RollbackDialog) and app.screen, "the picker")
@@ -342,9 +347,7 @@ class TestFailures:
         app = app_for(root)
         async with app.run_test(size=(150, 40)) as pilot:
             await select(pilot, app, path)
-            await pilot.press("enter")
-            detail = await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail and app.screen,
-                                 "the detail")
+            detail = await open_detail(pilot, app)
             t.kill()
             shutil.rmtree(path)
             await until(pilot, lambda: detail.gone and detail.gone.startswith("gone"), "the notice")
@@ -363,9 +366,7 @@ class TestFailures:
                 await pilot.press("s")
                 await until(pilot, lambda: any("not acknowledged within 1s" in n for n in app.notices),
                             "the timeout notice")
-                await pilot.press("enter")
-                detail = await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail and app.screen,
-                                     "the detail")
+                detail = await open_detail(pilot, app)
                 table = detail.query_one("#commands-table")
                 await until(pilot, lambda: table.row_count == 1, "the command listed")
                 assert "not acknowledged" in table.get_row_at(0)[3].plain

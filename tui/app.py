@@ -15,19 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
-from trainwarden.agent.records import InterventionInfo
 from trainwarden.agent.store import Store, StoreError
 from trainwarden.supervisor.daemon import find_runs
 from trainwarden.supervisor.operator import LIVE, OperatorError, decide_proposal, issuer, liveness, send_command
 
 from .dialogs import ConfirmDialog, HelpScreen, LRDialog, RollbackDialog
-from .model import DetailReader, RunDetail, RunRow, RunsReader, StoreGone, describe_command
+from .model import DetailReader, RunDetail, RunRow, RunsReader, StoreGone, describe_actions, describe_command
 from .widgets import (
     CheckpointsTable, CommandsTable, EventsTable, LossChart, ProposalsTable, RunHeader, RunsTable,
 )
@@ -162,9 +162,10 @@ class RunsScreen(RunActions, Screen[None]):
             parts.append(f"[b #e040fb]{asks} proposal{'s' if asks > 1 else ''} waiting[/]")
         parts.append(f"sorted by {column} {'↑' if self.reverse else '↓'}")
         if self.filter:
-            parts.append(f"filter “{self.filter}”: {len(rows)} shown")
+            parts.append(f"filter “{escape(self.filter)}”: {len(rows)} shown")
         if not everything:
-            parts = [f"no runs under {', '.join(map(str, self.app.roots))} yet; they appear as soon as training attaches"]
+            roots = escape(", ".join(map(str, self.app.roots)))
+            parts = [f"no runs under {roots} yet; they appear as soon as training attaches"]
         self.query_one("#status-bar", Static).update("  ·  ".join(parts))
 
     # ------------------------------------------------------------- keys
@@ -256,7 +257,7 @@ class DetailScreen(RunActions, Screen[None]):
             with TabPane("Commands", id="commands"):
                 yield CommandsTable(clock=self.app.clock, timeout=self.app.timeout, id="commands-table")
             with TabPane("Interventions", id="interventions"):
-                yield ProposalsTable(clock=self.app.clock, id="interventions-table")
+                yield ProposalsTable(id="interventions-table")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -272,8 +273,16 @@ class DetailScreen(RunActions, Screen[None]):
             self.run_worker(self._read(), group="detail", exit_on_error=False)
 
     async def _read(self) -> None:
+        chart = self.query_one(LossChart)
+        settings, previous = chart.settings, self.detail
+
+        def read() -> tuple[RunDetail, Any]:
+            d = self.reader.read(self.app.clock())
+            # The chart's layers are pure code: build them here, off the event loop.
+            return d, (chart.build(d, settings) if d is not previous else None)
+
         try:
-            detail = await asyncio.to_thread(self.reader.read, self.app.clock())
+            detail, built = await asyncio.to_thread(read)
         except StoreGone as exc:
             self._trouble(f"gone: {exc}", f"{self.path.name} disappeared: {exc}")
             return
@@ -285,7 +294,7 @@ class DetailScreen(RunActions, Screen[None]):
         if self.gone is not None:
             self.app.notify(f"{self.path.name} is readable again")
             self.gone = None
-        self.show(detail)
+        self.show(detail, built, settings)
 
     def _trouble(self, label: str, notice: str) -> None:
         if self.gone != label:
@@ -294,11 +303,11 @@ class DetailScreen(RunActions, Screen[None]):
             header = self.query_one(RunHeader)
             if self.detail is not None:
                 header.show(self.detail, self.app.clock())
-                header.update(f"[b #ff5252]{label}[/]\n[dim]showing what was last read[/]")
+                header.update(f"[b #ff5252]{escape(label)}[/]\n[dim]showing what was last read[/]")
             else:
-                header.update(f"[b #ff5252]{label}[/]")
+                header.update(f"[b #ff5252]{escape(label)}[/]")
 
-    def show(self, d: RunDetail) -> None:
+    def show(self, d: RunDetail, built: Any = None, settings: Any = None) -> None:
         # The reader hands back the same object when nothing was written; the lists are then
         # redrawn only every few seconds, for their ages and the commands' timeouts.
         now = self.app.clock()
@@ -308,7 +317,8 @@ class DetailScreen(RunActions, Screen[None]):
         if unchanged and now - self._drawn_at < AGES_EVERY_S:
             return
         self._drawn_at = now
-        self.query_one(LossChart).detail = d
+        if not unchanged:
+            self.query_one(LossChart).set_detail(d, built, settings)
         self.query_one(EventsTable).show(d)
         self.query_one("#checkpoints-table", CheckpointsTable).show(d)
         self.query_one(CommandsTable).show(d)
@@ -376,8 +386,8 @@ class TrainwardenApp(App[None]):
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def title_text(self) -> str:
-        return (f"[b #4fc3f7]trainwarden[/]  [dim]watching {', '.join(map(str, self.roots))} · "
-                f"acting as {self.who} · ? for keys[/]")
+        roots = escape(", ".join(map(str, self.roots)))
+        return f"[b #4fc3f7]trainwarden[/]  [dim]watching {roots} · acting as {escape(self.who)} · ? for keys[/]"
 
     def on_mount(self) -> None:
         self.push_screen(RunsScreen())
@@ -511,7 +521,7 @@ class TrainwardenApp(App[None]):
             await self.send(path, name, "rollback", {"target": target})
 
     async def ask_stop(self, path: Path, name: str) -> None:
-        if await self.push_screen_wait(ConfirmDialog(f"Stop [b]{name}[/b]? It ends at its next step boundary.")):
+        if await self.push_screen_wait(ConfirmDialog(f"Stop [b]{escape(name)}[/b]? It ends at its next step boundary.")):
             await self.send(path, name, "stop", {})
 
     async def decide(self, path: Path, name: str, *, approve: bool, chosen: int | None) -> None:
@@ -533,7 +543,8 @@ class TrainwardenApp(App[None]):
                 return
             iv = pending[0]
         verb = "Approve" if approve else "Deny"
-        if not await self.push_screen_wait(ConfirmDialog(f"{verb} proposal {iv.id} for [b]{name}[/b]?\n{_actions(iv)}\n{iv.reason}")):
+        if not await self.push_screen_wait(ConfirmDialog(
+                f"{verb} proposal {iv.id} for [b]{escape(name)}[/b]?\n{escape(describe_actions(iv.actions))}\n{escape(iv.reason)}")):
             return
 
         def write() -> tuple[list[int], list[str], str]:
@@ -551,11 +562,6 @@ class TrainwardenApp(App[None]):
             self.notify(f"{name}: proposal {iv.id} denied")
             return
         self._follow(path, name, list(zip(ids, whats)), state)
-
-
-def _actions(iv: InterventionInfo) -> str:
-    return " + ".join(a["kind"] + (" " + " ".join(str(v) for v in a.get("args", {}).values()) if a.get("args") else "")
-                      for a in iv.actions)
 
 
 def run_tui(roots: Sequence[Path], timeout: float = 30.0) -> int:

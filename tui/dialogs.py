@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -43,7 +44,7 @@ class LRDialog(ModalScreen[tuple[str, dict[str, float]] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"Learning rate of [b]{self.run_name}[/b]", id="title")
+            yield Label(f"Learning rate of [b]{escape(self.run_name)}[/b]", id="title")
             yield Static(f"now {fmt(self.lr, '.6g')}" + (f" (×{self.multiplier:.4g} of the schedule)" if self.multiplier != 1 else ""),
                          id="current")
             yield Input(placeholder="e.g. 3e-4, or x0.5 to scale", id="lr-input")
@@ -69,7 +70,7 @@ class LRDialog(ModalScreen[tuple[str, dict[str, float]] | None]):
         try:
             self.dismiss(parse_lr(text))
         except CommandError as exc:
-            self.query_one("#lr-error", Static).update(f"[b red]✖[/] {exc}; nothing sent")
+            self.query_one("#lr-error", Static).update(f"[b red]✖[/] {escape(str(exc))}; nothing sent")
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -112,7 +113,7 @@ class RollbackDialog(ModalScreen[int | str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="wide"):
-            yield Label(f"Roll back [b]{self.detail.run.name}[/b] to a checkpoint", id="title")
+            yield Label(f"Roll back [b]{escape(self.detail.run.name)}[/b] to a checkpoint", id="title")
             yield Static("Enter: the highlighted one · b: best (lowest loss) · l: last (newest on this history) · "
                          "Esc: cancel.  The current history is kept as a branch.", classes="hint")
             yield CheckpointsTable(clock=self.clock, ready_only=True, id="pick")

@@ -300,3 +300,8 @@ def describe_command(c: CommandInfo) -> str:
     if not args:
         return c.kind
     return f"{c.kind} " + " ".join(str(v) for v in args.values())
+
+
+def describe_actions(actions: list[dict[str, Any]]) -> str:
+    """An intervention's actions as they read in a list: `rollback 6, scale_lr 0.5`."""
+    return ", ".join(a["kind"] + "".join(f" {v}" for v in a.get("args", {}).values()) for a in actions)

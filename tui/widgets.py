@@ -24,8 +24,8 @@ from textual.widgets import DataTable, Static
 from trainwarden.supervisor.cli import age, fmt, size
 
 from . import plot
-from .chart import render
-from .model import RunDetail, RunRow, describe_command, on_history
+from .chart import Frame, Layer, Marker, render
+from .model import RunDetail, RunRow, describe_actions, describe_command, on_history
 
 Clock = Callable[[], float]
 
@@ -247,8 +247,15 @@ class RunsTable(ScrollView, can_focus=True):
 
 
 # --------------------------------------------------------------------- chart
+Built = tuple[list[Layer], list[Marker], Frame | None]
+
+
 class LossChart(Widget):
-    """The loss history of one run, redrawn whenever its data or view settings change."""
+    """The loss history of one run, redrawn whenever its data or view settings change.
+
+    The layers can be built off the event loop (`set_detail` with what the reading worker built
+    for the current settings); a change of settings builds them here.
+    """
 
     DEFAULT_CSS = """
     LossChart { height: 1fr; min-height: 8; padding: 0 1; }
@@ -258,12 +265,33 @@ class LossChart(Widget):
     zoom: reactive[int | None] = reactive(None)
     detail: reactive[RunDetail | None] = reactive(None, always_update=True)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._built: tuple[RunDetail, tuple[bool, int | None, bool], Built] | None = None
+
+    @property
+    def settings(self) -> tuple[bool, int | None, bool]:
+        return self.raw, self.zoom, self.log
+
+    def build(self, d: RunDetail, settings: tuple[bool, int | None, bool]) -> Built:
+        """Pure and thread-safe: the layers of `d` for these settings."""
+        raw, zoom, log = settings
+        return plot.build(d, raw=raw, zoom=zoom, log=log)
+
+    def set_detail(self, d: RunDetail, built: Built | None = None, settings: tuple[bool, int | None, bool] | None = None) -> None:
+        if built is not None and settings is not None:
+            self._built = (d, settings, built)
+        self.detail = d
+
     def render(self) -> Text:
         width, height = self.content_size.width, self.content_size.height
         legend = self._legend()
         if self.detail is None:
             return Text("reading…", style="dim")
-        layers, markers, frame = plot.build(self.detail, raw=self.raw, zoom=self.zoom, log=self.log)
+        cached = self._built
+        if cached is None or cached[0] is not self.detail or cached[1] != self.settings:
+            cached = self._built = (self.detail, self.settings, self.build(self.detail, self.settings))
+        layers, markers, frame = cached[2]
         if frame is None:
             return Text.assemble(legend, "\n\n", Text("no losses recorded yet", style="dim"))
         lines = render(layers, markers, frame, width, max(4, height - 1))
@@ -304,129 +332,104 @@ class RunHeader(Static):
         self.update(text)
 
 
-class EventsTable(DataTable):
-    """The run's events, newest first."""
+class DetailList(DataTable):
+    """A list of the detail screen: fixed columns, rows keyed by id, the cursor kept on its row."""
+
+    LABELS: tuple[str, ...] = ()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", **kwargs)
-
-    def on_mount(self) -> None:
-        for label in ("TIME", "SEVERITY", "KIND", "STEP", "SOURCE", "MESSAGE"):
-            self.add_column(label, key=label.lower())
-
-    def show(self, d: RunDetail) -> None:
-        keep = self.cursor_row
-        self.clear()
-        for e in reversed(d.events):
-            self.add_row(time.strftime("%m-%d %H:%M:%S", time.localtime(e.time)),
-                         Text(e.severity, style=SEVERITY_STYLE.get(e.severity, "")), e.kind,
-                         "-" if e.step is None else str(e.step), e.source, e.message, key=str(e.id))
-        if 0 <= keep < self.row_count:
-            self.move_cursor(row=keep)
-
-
-class CheckpointsTable(DataTable):
-    """Checkpoints, newest first; the rollback dialog uses the same table."""
-
-    def __init__(self, clock: Clock = time.time, ready_only: bool = False, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", **kwargs)
-        self.clock = clock
-        self.ready_only = ready_only
         self.ids: list[int] = []
 
     def on_mount(self) -> None:
-        for label in ("ID", "STEP", "BRANCH", "LOSS", "KIND", "STATUS", "SIZE", "AGE", ""):
+        for label in self.LABELS:
             self.add_column(label, key=label.lower() or "note")
+
+    def fill(self, rows: list[tuple[int, list[Any]]]) -> None:
+        keep = self.selected_id()
+        self.clear()
+        for key, cells in rows:
+            self.add_row(*cells, key=str(key))
+        self.ids = [key for key, _ in rows]
+        if keep in self.ids:
+            self.move_cursor(row=self.ids.index(keep))
+
+    def selected_id(self) -> int | None:
+        if not self.ids or not (0 <= self.cursor_row < len(self.ids)):
+            return None
+        return self.ids[self.cursor_row]
+
+
+class EventsTable(DetailList):
+    """The run's events, newest first."""
+
+    LABELS = ("TIME", "SEVERITY", "KIND", "STEP", "SOURCE", "MESSAGE")
+
+    def show(self, d: RunDetail) -> None:
+        self.fill([(e.id, [time.strftime("%m-%d %H:%M:%S", time.localtime(e.time)),
+                           Text(e.severity, style=SEVERITY_STYLE.get(e.severity, "")), e.kind,
+                           "-" if e.step is None else str(e.step), e.source, e.message])
+                   for e in reversed(d.events)])
+
+
+class CheckpointsTable(DetailList):
+    """Checkpoints, newest first; the rollback dialog uses the same list (ready ones only)."""
+
+    LABELS = ("ID", "STEP", "BRANCH", "LOSS", "KIND", "STATUS", "SIZE", "AGE", "")
+
+    def __init__(self, clock: Clock = time.time, ready_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.ready_only = ready_only
 
     def show(self, d: RunDetail) -> None:
         now = self.clock()
         ckpts = [c for c in reversed(d.checkpoints) if c.status == "ready" or not self.ready_only]
-        ids = [c.id for c in ckpts]
-        keep = self.cursor_row
-        self.clear()
         best = min((c for c in ckpts if c.status == "ready" and c.loss is not None), key=lambda c: c.loss, default=None)
+        rows = []
         for c in ckpts:
             current = on_history(c.step, c.branch, d.segments) or c.step == 0
-            note = []
-            if best is not None and c.id == best.id:
-                note.append("best")
-            if not current:
-                note.append("rolled-back branch")
-            if c.pinned:
-                note.append("pinned")
+            note = [text for text, on in (("best", best is not None and c.id == best.id),
+                                          ("rolled-back branch", not current), ("pinned", c.pinned)) if on]
             if c.error:
                 note.append(c.error)
             style = {"ready": "#69f0ae", "writing": "#ffd740"}.get(c.status, "#ff5252")
-            self.add_row(str(c.id), f"{c.step:,}", str(c.branch), fmt(c.loss), c.kind, Text(c.status, style=style),
-                         size(c.bytes), age(now - c.created_at), Text(", ".join(note), style="dim" if not current else ""),
-                         key=str(c.id))
-        if ids == self.ids and 0 <= keep < self.row_count:
-            self.move_cursor(row=keep)
-        self.ids = ids
-
-    def selected_id(self) -> int | None:
-        if not self.ids or not (0 <= self.cursor_row < len(self.ids)):
-            return None
-        return self.ids[self.cursor_row]
+            rows.append((c.id, [str(c.id), f"{c.step:,}", str(c.branch), fmt(c.loss), c.kind, Text(c.status, style=style),
+                                size(c.bytes), age(now - c.created_at),
+                                Text(", ".join(note), style="dim" if not current else "")]))
+        self.fill(rows)
 
 
-class CommandsTable(DataTable):
-    """Commands and the supervisor's interventions/proposals, with their acknowledgement."""
+class CommandsTable(DetailList):
+    """Commands, newest first, with their acknowledgement (or its absence past the timeout)."""
+
+    LABELS = ("ID", "COMMAND", "ISSUER", "STATUS", "RESULT", "AGE")
 
     def __init__(self, clock: Clock = time.time, timeout: float = 30.0, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", **kwargs)
+        super().__init__(**kwargs)
         self.clock = clock
         self.timeout = timeout
 
-    def on_mount(self) -> None:
-        for label in ("ID", "COMMAND", "ISSUER", "STATUS", "RESULT", "AGE"):
-            self.add_column(label, key=label.lower())
-
     def show(self, d: RunDetail) -> None:
         now = self.clock()
-        keep = self.cursor_row
-        self.clear()
+        rows = []
         for c in reversed(d.commands):
-            status = c.status
-            if status == "pending" and now - c.created_at > self.timeout:
+            if c.status == "pending" and now - c.created_at > self.timeout:
                 label = Text(f"not acknowledged ({age(now - c.created_at)})", style=CMD_STYLE["timeout"])
             else:
-                label = Text(status, style=CMD_STYLE.get(status, ""))
-            self.add_row(str(c.id), describe_command(c), c.issuer, label, c.result or "", age(now - c.created_at),
-                         key=str(c.id))
-        if 0 <= keep < self.row_count:
-            self.move_cursor(row=keep)
+                label = Text(c.status, style=CMD_STYLE.get(c.status, ""))
+            rows.append((c.id, [str(c.id), describe_command(c), c.issuer, label, c.result or "", age(now - c.created_at)]))
+        self.fill(rows)
 
 
-class ProposalsTable(DataTable):
-    """The supervisor's interventions: proposals to approve or deny, and what was done."""
+class ProposalsTable(DetailList):
+    """The supervisor's interventions: pending proposals first, then what was done."""
 
-    def __init__(self, clock: Clock = time.time, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", **kwargs)
-        self.clock = clock
-        self.ids: list[int] = []
-
-    def on_mount(self) -> None:
-        for label in ("ID", "FINDING", "ONSET", "MODE", "STATUS", "ACTIONS", "DECIDED BY", "OUTCOME", "REASON"):
-            self.add_column(label, key=label.lower())
+    LABELS = ("ID", "FINDING", "ONSET", "MODE", "STATUS", "ACTIONS", "DECIDED BY", "OUTCOME", "REASON")
 
     def show(self, d: RunDetail) -> None:
-        keep = self.cursor_row
         ordered = sorted(d.interventions, key=lambda iv: (iv.status != "proposed", -iv.id))
-        ids = [iv.id for iv in ordered]
-        self.clear()
-        for iv in ordered:
-            style = "bold reverse #e040fb" if iv.status == "proposed" else CMD_STYLE.get(iv.status, "")
-            actions = ", ".join(a["kind"] + (" " + " ".join(str(v) for v in a.get("args", {}).values()) if a.get("args") else "")
-                                for a in iv.actions)
-            self.add_row(str(iv.id), iv.finding, str(iv.onset), iv.mode, Text(iv.status, style=style), actions,
-                         iv.decided_by or "", iv.outcome or "", iv.reason, key=str(iv.id))
-        if ids == self.ids and 0 <= keep < self.row_count:
-            self.move_cursor(row=keep)
-        self.ids = ids
-
-    def selected_id(self) -> int | None:
-        if not self.ids or not (0 <= self.cursor_row < len(self.ids)):
-            return None
-        return self.ids[self.cursor_row]
-
+        self.fill([(iv.id, [str(iv.id), iv.finding, str(iv.onset), iv.mode,
+                            Text(iv.status, style="bold reverse #e040fb" if iv.status == "proposed" else CMD_STYLE.get(iv.status, "")),
+                            describe_actions(iv.actions), iv.decided_by or "", iv.outcome or "", iv.reason])
+                   for iv in ordered])
