@@ -1,6 +1,6 @@
 """Train a small MLP under trainwarden's agent: a plain PyTorch loop, read it top to bottom.
 
-    python examples/train_mlp.py --run-dir runs/mlp
+    python examples/train_mlp.py --run-dir runs/mlp     (installed: python -m trainwarden.examples.train_mlp)
 
 Run it again with the same --run-dir and it resumes from its newest good checkpoint. While it
 runs, steer it from another shell: `trainwarden show runs/mlp`, `trainwarden lr runs/mlp 1e-4`,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 
 import torch
 from torch import nn
@@ -78,12 +79,16 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=1000, help="steps between validation passes")
     parser.add_argument("--lr-jump", type=lr_jump, metavar="STEP:FACTOR",
                         help="multiply the LR by FACTOR from STEP on (makes the loss rebound, for the supervisor)")
+    parser.add_argument("--step-delay", type=float, default=0.0, metavar="S",
+                        help="sleep S seconds after each step, so a person can watch (trainwarden demo --tui)")
     parser.add_argument("--reduce-on-plateau", action="store_true",
                         help="also halve the LR when validation stops improving (PyTorch ReduceLROnPlateau, "
                              "patience 2): the baseline benchmarks/recovery.py compares with")
     args = parser.parse_args()
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not (args.step_delay >= 0 and math.isfinite(args.step_delay)):
+        parser.error(f"--step-delay must be a number of seconds >= 0, got {args.step_delay}")
 
     torch.manual_seed(args.seed)
     x_train, y_train, x_val, y_val = make_data(args.seed)
@@ -117,6 +122,8 @@ def main() -> None:
                 if plateau is not None:
                     cut_on_plateau(plateau, scheduler, val.item())
                 print(f"step {run.step:6d}  train {loss.item():.4f}  val {val.item():.4f}  lr {run.lr:.2e}")
+            if args.step_delay:
+                time.sleep(args.step_delay)
             if run.should_stop:
                 print("stop requested: leaving the loop")
                 break

@@ -328,16 +328,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    from .daemon import Supervisor, setup_logging
+    from .daemon import Supervisor, SupervisorError, setup_logging
     from .policy import PolicyError
 
     setup_logging()
     roots = [Path(r) for r in (args.root or [str(default_root())])]
     try:
         supervisor = Supervisor(roots, Path(args.policy) if args.policy else None, poll=args.poll)
-    except PolicyError as exc:
+        supervisor.run()
+    except (PolicyError, SupervisorError) as exc:  # a bad policy file, or a root that cannot be made
         raise CliError(str(exc)) from None
-    supervisor.run()
     return EXIT_OK
 
 
@@ -352,6 +352,36 @@ def cmd_tui(args: argparse.Namespace) -> int:
     except ImportError as exc:  # textual is a dependency; a broken install says which part is missing
         raise CliError(f"the TUI cannot start: {exc}") from None
     return run_tui(roots, timeout=args.timeout)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run_demo
+
+    if args.steps < 1000:
+        raise CliError(f"--steps must be at least 1000 (the rebound comes at 30% of the run), got {args.steps}")
+    try:
+        return run_demo(Path(args.root) if args.root else None, Path(args.out) if args.out else None,
+                        args.tui, args.steps, args.seed)
+    except DemoError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_install_systemd(args: argparse.Namespace) -> int:
+    from .service import ServiceError, install
+
+    kind = "system" if args.system else "user"
+    try:
+        text, path, steps = install(kind, args.root, args.policy, args.print,
+                                    target_dir=Path(args.unit_dir) if args.unit_dir else None)
+    except ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if path is None:
+        print(text, end="")
+        return EXIT_OK
+    print(f"wrote {path}\nnow run:")
+    for step in steps:
+        print(f"  {step}")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------- main
@@ -454,6 +484,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="policy TOML (reloaded on SIGHUP)")
     p.add_argument("--poll", action="store_true", help="poll the roots instead of inotify (automatic on NFS/CIFS)")
     p.set_defaults(func=cmd_supervise)
+
+    p = sub.add_parser("install-systemd", help="install the daemon as a systemd service (user unit, or a system template)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--user", action="store_true", help="a user unit in ~/.config/systemd/user (the default)")
+    which.add_argument("--system", action="store_true", help="the system template unit trainwarden@.service (User=%%i)")
+    p.add_argument("--root", action="append", help="folder holding runs (repeatable; default ~/runs, or /home/USER/runs)")
+    p.add_argument("--policy", help="policy TOML for the daemon")
+    p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    p.add_argument("--unit-dir", help="write the unit here instead of the standard folder")
+    p.set_defaults(func=cmd_install_systemd)
+
+    p = sub.add_parser("demo", help="the whole loop in about a minute: a rebound caught, rolled back, cured")
+    p.add_argument("--root", help="folder for the demo's runs (default: a new temporary folder)")
+    p.add_argument("--out", help="PNG of the loss histories (default ROOT/demo.png; needs matplotlib)")
+    p.add_argument("--tui", action="store_true", help="watch it happen in the TUI (the trainings run slower)")
+    p.add_argument("--steps", type=_count, default=5000, help="training steps (default 5000)")
+    p.add_argument("--seed", type=_count, default=0, help="seed of the data and the weights")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tui", help="the operator's screen: every run live, keys to steer them")
     p.add_argument("--root", action="append", help=f"folder holding runs (repeatable; default ${ENV_ROOT} or ./runs)")

@@ -20,6 +20,7 @@ from types import FrameType
 
 from trainwarden.agent.store import DB_NAME, is_store
 
+from .notify import Notifier
 from .policy import Policy, PolicyError, load_policy, policy_summary
 from .watch import RunWatch
 
@@ -33,6 +34,10 @@ NETWORK_FS = frozenset({
 RETRY_UNREADABLE_S = 30.0
 YOUNG_FOLDER_S = 10.0
 SCAN_DEPTH = 3
+
+
+class SupervisorError(Exception):
+    """The daemon cannot start; the message says why in one line."""
 
 
 def fs_type(path: Path) -> str:
@@ -104,6 +109,10 @@ class Supervisor:
         self._young: dict[Path, float] = {}  # new folders without a store yet, and when first seen
         self.ticks = 0
         self.last_action: str | None = None
+        self.notifier = Notifier()
+        self._tick_done = time.monotonic()  # when the last tick finished (the watchdog's evidence)
+        self._status_sent: str | None = None
+        self._stuck_reported = False
 
     # ------------------------------------------------------------- discovery
     def _note(self, folder: Path) -> None:
@@ -174,7 +183,9 @@ class Supervisor:
         now = time.time()
         if self._reload:
             self._reload = False
+            self.notifier.reloading()
             self.reload()
+            self.notifier.ready(self.status_line())
         self._adopt(now)
         for folder, watch in list(self.runs.items()):
             if not folder.exists():
@@ -197,6 +208,24 @@ class Supervisor:
             if watch.last_action:
                 self.last_action, watch.last_action = watch.last_action, None
         self.ticks += 1
+        self._tick_done = time.monotonic()
+        status = self.status_line()
+        if status != self._status_sent:
+            self._status_sent = status
+            self.notifier.status(status)
+
+    def feed_watchdog(self) -> bool:
+        """WATCHDOG=1, but only while ticks keep finishing: a tick stuck on a store (or a bug
+        that hangs it) stops the pings, and systemd restarts the daemon."""
+        interval = self.notifier.watchdog_interval_s or 0.0
+        stuck_s = time.monotonic() - self._tick_done
+        if stuck_s > max(3 * self.tick_s, interval):
+            if not self._stuck_reported:
+                log.error("no tick has finished for %.0fs: not telling systemd's watchdog that all is well", stuck_s)
+                self._stuck_reported = True
+            return False
+        self._stuck_reported = False
+        return self.notifier.watchdog()
 
     def _log(self, level: str, line: str) -> None:
         getattr(log, level)(line)
@@ -225,7 +254,10 @@ class Supervisor:
         from apscheduler.schedulers.blocking import BlockingScheduler
 
         for root in self.roots:
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # e.g. under a service's read-only sandbox: say which root, and stop
+                raise SupervisorError(f"cannot create root {root}: {exc.strerror or exc}") from None
         log.info("trainwarden supervise: roots %s; policy %s: %s", ", ".join(map(str, self.roots)),
                  self.policy_path or "(defaults)", policy_summary(self.policy))
         self._watch_roots()
@@ -234,10 +266,14 @@ class Supervisor:
         scheduler.add_job(self.tick, "interval", seconds=self.tick_s, max_instances=1, coalesce=True,
                           next_run_time=_now_dt(), id="tick")
         scheduler.add_job(self.rescan, "interval", seconds=self.rescan_s, max_instances=1, coalesce=True, id="rescan")
+        if self.notifier.watchdog_interval_s:
+            scheduler.add_job(self.feed_watchdog, "interval", seconds=self.notifier.watchdog_interval_s,
+                              max_instances=1, coalesce=True, id="watchdog")
         self._scheduler = scheduler
 
         def stop(signum: int, frame: FrameType | None) -> None:
             log.info("stopping (signal %d)", signum)
+            self.notifier.stopping()
             scheduler.shutdown(wait=True)  # let a running tick finish its transaction
 
         def hup(signum: int, frame: FrameType | None) -> None:
@@ -246,6 +282,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
+        self.notifier.ready(self.status_line())  # the roots are watched; the first tick runs now
         try:
             scheduler.start()
         finally:
@@ -253,6 +290,7 @@ class Supervisor:
                 observer.stop()  # type: ignore[attr-defined]
             for watch in self.runs.values():
                 watch.close()
+            self.notifier.close()
             log.info("stopped")
 
 

@@ -109,13 +109,14 @@ def train_until_acked(run, step: Callable[[], object], command_id: int, max_step
 class Daemon:
     """The real `trainwarden supervise` in its own process, its stderr in a file."""
 
-    def __init__(self, roots: list[Path], log: Path, policy: Path | None = None) -> None:
+    def __init__(self, roots: list[Path], log: Path, policy: Path | None = None, env: dict[str, str] | None = None) -> None:
         args = ["trainwarden", "supervise"] + [a for r in roots for a in ("--root", str(r))]
         if policy is not None:
             args += ["--policy", str(policy)]
         self.log = log
         self._fh = open(log, "a")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._fh, text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._fh, text=True,
+                                     env={**os.environ, **(env or {})})
 
     def text(self) -> str:
         return self.log.read_text()
@@ -152,8 +153,8 @@ class Daemon:
 def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(*roots: Path, policy: Path | None = None) -> Daemon:
-        d = Daemon(list(roots), tmp_path / f"daemon-{len(started)}.log", policy)
+    def start(*roots: Path, policy: Path | None = None, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(list(roots), tmp_path / f"daemon-{len(started)}.log", policy, env)
         started.append(d)
         return d
 

@@ -1,0 +1,1 @@
+"""Example trainings, installed as `trainwarden.examples` so `trainwarden demo` can run them."""
