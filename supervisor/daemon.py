@@ -20,6 +20,7 @@ from types import FrameType
 
 from trainwarden.agent.store import DB_NAME, is_store
 
+from .alerts import Alerter
 from .notify import Notifier
 from .policy import Policy, PolicyError, load_policy, policy_summary
 from .watch import RunWatch
@@ -110,6 +111,7 @@ class Supervisor:
         self.ticks = 0
         self.last_action: str | None = None
         self.notifier = Notifier()
+        self.alerter = Alerter(self.policy.alerts)
         self._tick_done = time.monotonic()  # when the last tick finished (the watchdog's evidence)
         self._status_sent: str | None = None
         self._stuck_reported = False
@@ -174,7 +176,7 @@ class Supervisor:
                     self._young.pop(folder, None)
                 continue
             self._young.pop(folder, None)
-            self.runs[folder] = RunWatch(folder, self.policy, self._log)
+            self.runs[folder] = RunWatch(folder, self.policy, self._log, self.alerter.submit)
             log.info("new run %s", folder)
 
     # ------------------------------------------------------------------ tick
@@ -238,6 +240,7 @@ class Supervisor:
             log.error("policy reload failed, keeping the previous policy: %s", exc)
             return False
         self.policy = policy
+        self.alerter.configure(policy.alerts)
         for watch in self.runs.values():
             watch.set_policy(policy)
         log.info("policy reloaded: %s", policy_summary(policy))
@@ -291,6 +294,7 @@ class Supervisor:
             for watch in self.runs.values():
                 watch.close()
             self.notifier.close()
+            self.alerter.close()
             log.info("stopped")
 
 

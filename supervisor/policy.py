@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .alerts import AlertSettings
 from .detectors import REBOUND_KINDS, DetectorSettings, Finding
 
 Mode = Literal["observe", "ask", "auto"]
@@ -73,6 +74,9 @@ class Policy(_Model):
     a fast run makes hundreds of steps between two ticks of the daemon."""
     detect: DetectorSettings = Field(default_factory=DetectorSettings)
     """Detector thresholds."""
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    """Where to send the supervisor's events (webhook, local command); off unless set. Read from
+    the daemon's policy only: a run's warden.toml cannot redirect alerts."""
 
     @field_validator("lr_scale", "plateau_lr_scale", "cure_ratio", "act_within_s")
     @classmethod
@@ -262,4 +266,8 @@ def cured(level_now: float, level_before: float, policy: Policy) -> bool:
 
 def policy_summary(policy: Policy) -> str:
     modes = ", ".join(f"{k}={v}" for k, v in policy.modes.model_dump().items())
-    return f"{modes}; lr_scale {policy.lr_scale:g}, cooldown {policy.cooldown_steps} steps, max {policy.max_interventions} interventions"
+    a = policy.alerts
+    to = [f"webhook ({a.format})" if a.webhook else "", "command" if a.command else ""]
+    alerts = f"; alerts ({'/'.join(a.severities)}) to {' and '.join(t for t in to if t)}" if a.enabled else ""
+    return (f"{modes}; lr_scale {policy.lr_scale:g}, cooldown {policy.cooldown_steps} steps, "
+            f"max {policy.max_interventions} interventions{alerts}")

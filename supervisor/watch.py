@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from trainwarden.agent.records import InterventionInfo, RunInfo
 from trainwarden.agent.store import RunNotStartedError, Segments, Store, StoreError, in_lineage
 
+from .alerts import Alert
 from .detectors import (
     REBOUND_KINDS, Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed,
 )
@@ -42,10 +44,11 @@ def _owner(step: int, segments: Segments) -> int:
 class RunWatch:
     """Supervises one run folder; `tick()` once a second does everything for it."""
 
-    def __init__(self, run_dir: Path, policy: Policy, log: Log) -> None:
+    def __init__(self, run_dir: Path, policy: Policy, log: Log, alert: Callable[[Alert], None] | None = None) -> None:
         self.run_dir = run_dir
         self.base_policy = policy
         self._log = log
+        self._alert = alert
         self._store: Store | None = None
         self.error: str | None = None  # why the store cannot be used, while it cannot
         self.name = run_dir.name
@@ -64,7 +67,7 @@ class RunWatch:
         self._keys: set[str] | None = None
         self._ckpt_times: tuple[float | None, float | None] = (None, None)
         self.last_action: str | None = None
-        self._lines: list[tuple[str, str]] = []  # log lines of events not yet committed
+        self._lines: list[tuple[str, str, Alert]] = []  # log lines (and alerts) of events not yet committed
         self._in_tx = False
 
     # -------------------------------------------------------------- lifecycle
@@ -332,7 +335,9 @@ class RunWatch:
         assert self.run is not None
         step = self.run.step if step is None else step
         s.add_event(kind, severity, message, step=step, branch=self.run.branch, data=data, source=SOURCE)
-        self._lines.append((severity, f"{self.name} step {step} {kind}: {message}"))
+        alert = Alert(run=self.name, path=str(self.run_dir), kind=kind, severity=severity, step=step, message=message,
+                      time=time.time())
+        self._lines.append((severity, f"{self.name} step {step} {kind}: {message}", alert))
         if not self._in_tx:
             self._flush_lines()
 
@@ -356,7 +361,9 @@ class RunWatch:
             self._flush_lines()
 
     def _flush_lines(self) -> None:
-        for level, line in self._lines:
+        for level, line, alert in self._lines:
             self._log(level, line)
+            if self._alert is not None:
+                self._alert(alert)
         self._lines.clear()
 
