@@ -33,6 +33,17 @@ def test_the_demo_catches_the_rebound_and_ends_far_better_than_unsupervised(tmp_
         assert s.interventions() == [] and len(s.branches()) == 1
 
 
+def test_without_matplotlib_the_png_is_skipped_with_a_reason(tmp_path, monkeypatch):
+    import sys
+
+    from trainwarden.supervisor.demo import plot_png
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert plot_png(tmp_path, tmp_path / "x.png") == \
+        "PNG not written: matplotlib is not installed (pip install 'trainwarden[demo]')"
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_bad_input_is_one_line_and_touches_nothing(tmp_path):
     root = tmp_path / "demo"
     (root / "supervised").mkdir(parents=True)

@@ -119,3 +119,31 @@ def test_the_readme_policy_example_loads(tmp_path: Path) -> None:
     f.write_text(example)
     p = load_policy(f)
     assert p.max_interventions == 6 and p.detect.hung_after_s == 120
+
+
+def test_docs_policy_md_lists_every_field_with_its_default():
+    """docs/policy.md is the reference users read: it must not drift from the model."""
+    import json as _json
+
+    from pydantic import BaseModel
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (str, list)):
+            return _json.dumps(value)
+        return repr(value)
+
+    def walk(model: type[BaseModel]) -> list[tuple[str, str]]:
+        rows = []
+        for name, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            rows += walk(type(default)) if isinstance(default, BaseModel) else [(name, shown(default))]
+        return rows
+
+    missing = [(n, d) for n, d in walk(Policy) if f"| `{n}` | {'none' if d == 'none' else f'`{d}`'} |" not in doc]
+    assert not missing, f"docs/policy.md lacks or misstates: {missing}"
