@@ -364,6 +364,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         args.tui, args.steps, args.seed)
     except DemoError as exc:
         raise CliError(str(exc)) from None
+    except KeyboardInterrupt:  # the demo's processes were stopped on the way out
+        print("trainwarden: demo interrupted; what it recorded stays in its root", file=sys.stderr)
+        return 130
 
 
 def cmd_install_systemd(args: argparse.Namespace) -> int:

@@ -61,8 +61,8 @@ def job_command(steps: int, seed: int, delay: float) -> list[str]:
 class Demo:
     """Runs the demo's processes and reports on them."""
 
-    def __init__(self, root: Path, steps: int, seed: int, delay: float, say: IO[str]) -> None:
-        self.root, self.steps, self.seed, self.delay, self.say = root, steps, seed, delay, say
+    def __init__(self, root: Path, steps: int, seed: int, delay: float, say: IO[str], echo: bool = True) -> None:
+        self.root, self.steps, self.seed, self.delay, self.say, self.echo = root, steps, seed, delay, say, echo
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def prepare(self) -> None:
@@ -93,8 +93,8 @@ class Demo:
         supervised = self._start([sys.executable, "-m", "trainwarden.supervisor", "run", "--root", str(self.root),
                                   "--name", SUPERVISED, "--", *job], "supervised.log")
         unsupervised = self._start([*job, "--run-dir", str(self.root / UNSUPERVISED)], "unsupervised.log")
-        follower = threading.Thread(target=self._follow_log, args=(daemon,), daemon=True)
-        follower.start()
+        if self.echo:  # not under the TUI: a print would scribble over its screen
+            threading.Thread(target=self._follow_log, args=(daemon,), daemon=True).start()
         try:
             for proc, name in ((supervised, SUPERVISED), (unsupervised, UNSUPERVISED)):
                 if proc.wait() != 0:
@@ -193,7 +193,7 @@ def plot_png(root: Path, out: Path) -> str:
 
 def run_demo(root: Path | None, out: Path | None, tui: bool, steps: int, seed: int, say: IO[str] = sys.stdout) -> int:
     root = root or Path(tempfile.mkdtemp(prefix="trainwarden-demo-"))
-    demo = Demo(root, steps, seed, delay=0.01 if tui else 0.0, say=say)
+    demo = Demo(root, steps, seed, delay=0.01 if tui else 0.0, say=say, echo=not tui)
     demo.prepare()
     print(f"trainwarden demo in {root}\n"
           f"  the same training twice ({steps} steps; its LR jumps x30 at step {steps * 3 // 10}):\n"
