@@ -19,10 +19,14 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from trainwarden.agent.store import Store
+
+from .cli import fmt
+from .detectors import LOSS_KINDS
 
 SUPERVISED, UNSUPERVISED = "supervised", "unsupervised"
 POLICY = """\
@@ -36,6 +40,17 @@ spike = "observe"
 nan = "observe"
 divergence = "observe"
 """
+
+
+@dataclass
+class Outcome:
+    """How one of the demo's runs ended."""
+
+    steps: int
+    findings: int
+    interventions: int
+    rolled_back: int  # branches left behind by rollbacks (kept in the store)
+    final_loss: float | None
 
 
 class DemoError(Exception):
@@ -131,18 +146,14 @@ class Demo:
             shown = len(lines)
             time.sleep(0.5)
 
-    def summary(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for name in (SUPERVISED, UNSUPERVISED):
-            with Store.open(self.root / name) as s:
-                info = s.run()
-                events = s.events()
-                interventions = [iv for iv in s.interventions() if iv.status in ("issued", "applied", "rejected")]
-                branches = len(s.branches())
-            findings = [e for e in events if e.source == "supervisor" and e.kind in ("spike", "nan", "divergence", "plateau", "overfit")]
-            out[name] = {"steps": info.step, "findings": len(findings), "interventions": len(interventions),
-                         "branches": branches, "final_loss": final_loss(self.root / name), "lr": info.lr}
-        return out
+    def outcome(self, name: str) -> Outcome:
+        with Store.open(self.root / name) as s:
+            info = s.run()
+            findings = [e for e in s.events() if e.source == "supervisor" and e.kind in LOSS_KINDS]
+            interventions = [iv for iv in s.interventions() if iv.status in ("issued", "applied", "rejected")]
+            branches = len(s.branches())
+        return Outcome(steps=info.step, findings=len(findings), interventions=len(interventions),
+                       rolled_back=branches - 1, final_loss=final_loss(self.root / name))
 
 
 def plot_png(root: Path, out: Path) -> str:
@@ -219,14 +230,12 @@ def run_demo(root: Path | None, out: Path | None, tui: bool, steps: int, seed: i
             raise errors[0]
     else:
         demo.run()
-    s = demo.summary()
-    sup, uns = s[SUPERVISED], s[UNSUPERVISED]
-    assert isinstance(sup, dict) and isinstance(uns, dict)
-    ratio = (uns["final_loss"] / sup["final_loss"]) if sup["final_loss"] and uns["final_loss"] else None
-    print(f"\n  {SUPERVISED:12s}  {sup['steps']} steps, {sup['findings']} findings, {sup['interventions']} interventions, "
-          f"{sup['branches'] - 1} rolled-back branches kept, final loss {sup['final_loss']:.4g}", file=say)
-    print(f"  {UNSUPERVISED:12s}  {uns['steps']} steps, {uns['findings']} findings (only watched), "
-          f"final loss {uns['final_loss']:.4g}" + (f"  ({ratio:.0f}x worse)" if ratio and ratio >= 2 else ""), file=say)
+    sup, uns = demo.outcome(SUPERVISED), demo.outcome(UNSUPERVISED)
+    ratio = uns.final_loss / sup.final_loss if sup.final_loss and uns.final_loss else None
+    print(f"\n  {SUPERVISED:12s}  {sup.steps} steps, {sup.findings} findings, {sup.interventions} interventions, "
+          f"{sup.rolled_back} rolled-back branches kept, final loss {fmt(sup.final_loss)}", file=say)
+    print(f"  {UNSUPERVISED:12s}  {uns.steps} steps, {uns.findings} findings (only watched), "
+          f"final loss {fmt(uns.final_loss)}" + (f"  ({ratio:.0f}x worse)" if ratio and ratio >= 2 else ""), file=say)
     print(f"  {plot_png(root, out or root / 'demo.png')}", file=say)
     print(f"\n  look closer:  trainwarden tui --root {root}\n"
           f"                trainwarden events {root / SUPERVISED}", file=say, flush=True)

@@ -22,6 +22,7 @@ FindingKind = Literal["spike", "nan", "divergence", "plateau", "overfit", "stall
 Severity = Literal["info", "warning", "error"]
 KINDS: tuple[str, ...] = ("spike", "nan", "divergence", "plateau", "overfit", "stalled_saves", "hung")
 REBOUND_KINDS = frozenset({"spike", "nan", "divergence"})
+LOSS_KINDS = REBOUND_KINDS | {"plateau", "overfit"}  # findings about the loss curve (not liveness)
 
 _FLOOR = 1e-12  # losses at or below this are read as this: log(0) has no ratio
 

@@ -56,7 +56,6 @@ def unit_text(kind: str, exe: str, roots: list[str], policy: str | None = None) 
         head = """\
 [Unit]
 Description=trainwarden supervisor: watches your training runs and recovers them
-Documentation=man:systemd.service(5)
 
 [Service]
 """
@@ -65,7 +64,6 @@ Documentation=man:systemd.service(5)
         head = """\
 [Unit]
 Description=trainwarden supervisor for user %i: watches their training runs and recovers them
-Documentation=man:systemd.service(5)
 After=network-online.target
 Wants=network-online.target
 

@@ -18,9 +18,9 @@ from trainwarden.agent.records import (
     BranchInfo, CheckpointInfo, CommandInfo, EventInfo, InterventionInfo, MetricInfo, RunInfo, WindowInfo,
 )
 from trainwarden.agent.store import NotAStoreError, RunNotStartedError, Segments, Store, StoreError
+from trainwarden.supervisor.detectors import LOSS_KINDS
 from trainwarden.supervisor.operator import liveness
 
-LOSS_FINDINGS = ("spike", "nan", "divergence", "plateau", "overfit")
 SEVERITY_RANK = {"ok": 0, "info": 1, "warning": 2, "error": 3}
 EVENT_LIMIT = 300  # events kept for the detail screen and the health rules
 
@@ -137,7 +137,7 @@ def health(run: RunInfo, status: str, segments: Segments, events: list[EventInfo
     for e in events:
         if e.source != "supervisor":
             continue
-        if e.kind in LOSS_FINDINGS and e.id > last_cured and on_history(e.step, e.branch, segments):
+        if e.kind in LOSS_KINDS and e.id > last_cured and on_history(e.step, e.branch, segments):
             candidates.append(Health(label=e.kind, severity=e.severity, detail=e.message))
         elif e.kind == "hung" and run.status == "running" and (run.heartbeat_at or 0) < e.time:
             candidates.append(Health(label="hung", severity=e.severity, detail=e.message))
