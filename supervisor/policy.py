@@ -139,7 +139,10 @@ def with_run_overrides(base: Policy, run_dir: str | Path) -> Policy:
     path = Path(run_dir) / RUN_POLICY_FILE
     if not path.exists():
         return base
-    return _validate(_merge(base.model_dump(), _read_toml(path)), str(path))
+    own = _read_toml(path)
+    if "alerts" in own:  # whoever can write a run folder must not be able to send the lab's alerts elsewhere
+        raise PolicyError(f"{path}: alerts: set in the daemon's policy only, not per run")
+    return _validate(_merge(base.model_dump(), own), str(path))
 
 
 # ----------------------------------------------------------------- decisions

@@ -66,6 +66,11 @@ class TestLoading:
         p = with_run_overrides(base, tmp_path)
         assert (p.mode("spike"), p.mode("plateau"), p.detect.spike_ratio, p.detect.warmup_windows) == ("observe", "ask", 1.5, 8)
 
+    def test_a_run_cannot_redirect_the_alerts(self, tmp_path: Path) -> None:
+        (tmp_path / "warden.toml").write_text('[alerts]\nwebhook = "https://elsewhere.example/hook"\n')
+        with pytest.raises(PolicyError, match="warden.toml: alerts: set in the daemon's policy only"):
+            with_run_overrides(Policy(), tmp_path)
+
 
 class TestDecide:
     def test_auto_rolls_back_to_the_best_checkpoint_before_the_onset_with_margin_and_halves_the_lr(self) -> None:
