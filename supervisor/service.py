@@ -110,12 +110,15 @@ class ServiceError(Exception):
 def install(kind: str, roots: list[str] | None, policy: str | None, print_only: bool, exe: str | None = None,
             target_dir: Path | None = None) -> tuple[str, Path | None, list[str]]:
     """Render the unit; unless `print_only`, write it. Returns (text, path written, next commands)."""
-    roots = [str(Path(r).expanduser().absolute()) for r in roots] if roots else default_roots(kind)
+    paths = [str(Path(r).expanduser().absolute()) for r in roots] if roots else []
     if policy:
         policy = str(Path(policy).expanduser().absolute())
         if not Path(policy).is_file():
             raise ServiceError(f"{policy}: no such policy file")
-    text = unit_text(kind, exe or current_exe(), roots, policy)
+    # "%" starts a specifier in unit files (%h, %i): a literal one in a path is written "%%".
+    literal = [p.replace("%", "%%") for p in paths]
+    text = unit_text(kind, (exe or current_exe()).replace("%", "%%"), literal or default_roots(kind),
+                     policy.replace("%", "%%") if policy else None)
     if kind == "user":
         folder = target_dir or Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "systemd" / "user"
         path = folder / USER_UNIT
@@ -136,9 +139,8 @@ def install(kind: str, roots: list[str] | None, policy: str | None, print_only: 
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-        for root in roots:
-            if "%" not in root:  # make the roots now: the sandbox lets the daemon write only inside them
-                Path(root).mkdir(parents=True, exist_ok=True)
+        for root in paths:  # make the roots now: the sandbox lets the daemon write only inside them
+            Path(root).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         hint = " (run it with sudo, or use --print and write the file yourself)" if kind == "system" else ""
         raise ServiceError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None

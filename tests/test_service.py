@@ -46,7 +46,7 @@ def test_a_misspelt_key_fails_verification(tmp_path):
 
 def test_install_a_user_unit(tmp_path):
     home = tmp_path / "home"
-    root, policy = tmp_path / "my runs", tmp_path / "policy.toml"
+    root, policy = tmp_path / "my runs 100%", tmp_path / "policy.toml"
     policy.write_text("cooldown_steps = 300\n")
     env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "USER": "ana"}
     r = cli("install-systemd", "--user", "--root", root, "--policy", policy, env=env)
@@ -54,8 +54,9 @@ def test_install_a_user_unit(tmp_path):
     unit = home / ".config" / "systemd" / "user" / USER_UNIT
     text = unit.read_text()
     exe = shutil.which("trainwarden")
-    assert f"ExecStart={Path(exe).absolute()} supervise --root '{root}' --policy {policy}" in text
-    assert f'ReadWritePaths="-{root}"' in text and root.is_dir()  # made now: the sandbox is read-only outside it
+    literal = str(root).replace("%", "%%")  # a literal % in a unit file
+    assert f"ExecStart={Path(exe).absolute()} supervise --root '{literal}' --policy {policy}" in text
+    assert f'ReadWritePaths="-{literal}"' in text and root.is_dir()  # made now: the sandbox is read-only outside it
     assert f"wrote {unit}" in r.stdout
     for step in ("systemctl --user daemon-reload", "systemctl --user enable --now trainwarden", "loginctl enable-linger ana"):
         assert step in r.stdout
