@@ -286,6 +286,7 @@ class LossChart(Widget):
     def render(self) -> Text:
         width, height = self.content_size.width, self.content_size.height
         legend = self._legend()
+        legend.truncate(width, overflow="ellipsis")  # one line, or the chart below would lose its last
         if self.detail is None:
             return Text("reading…", style="dim")
         cached = self._built
@@ -302,7 +303,7 @@ class LossChart(Widget):
         return Text.assemble(
             ("━ current ", plot.CURRENT), ("━ rolled back ", plot.OLD), ("● val ", plot.VAL),
             ("▲ checkpoint ", plot.CHECKPOINT), ("◆ intervention ", plot.INTERVENTION), ("✖ NaN/inf ", plot.NONFINITE),
-            (f"   [{'log' if self.log else 'linear'} · {'every step' if self.raw else 'window mean, min-max band'} · {view}]",
+            (f"   [{'log' if self.log else 'linear'} · {'every step' if self.raw else 'mean, min-max band'} · {view}]",
              "dim"),
         )
 
