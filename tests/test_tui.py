@@ -470,3 +470,14 @@ class TestInstalledCommand:
         finally:
             subprocess.run([*tmux, "kill-server"], capture_output=True)
         assert [c.kind for c in commands(path)] == ["pause", "resume"]
+
+
+class TestCommandLine:
+    def test_bad_roots_and_timeouts_are_one_line(self, tmp_path):
+        from conftest import cli
+
+        r = cli("tui", "--root", tmp_path / "missing")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such folder" in r.stderr
+        assert not (tmp_path / "missing").exists()
+        r = cli("tui", "--root", tmp_path, "--timeout", "-1")
+        assert r.returncode == 2 and "--timeout must be a number of seconds >= 0" in r.stderr
