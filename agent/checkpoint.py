@@ -211,6 +211,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_file(path: Path) -> None:
+    """Delete a checkpoint: a file, or a sharded checkpoint's folder."""
+    if path.is_dir():
+        import shutil
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def file_checksum(path: Path, algorithm: str = CHECKSUM_ALGORITHM) -> str:
     """The checksum of a file as the store keeps it ("algorithm:hex"; bare hex for sha256)."""
     h = _hasher(algorithm)

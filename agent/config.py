@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,9 +54,17 @@ class AgentConfig(BaseModel):
     handle_signals: bool = True
     """Install SIGTERM/SIGUSR1 handlers that save a checkpoint at the next step boundary and exit."""
 
+    loss_across_ranks: Literal["rank0", "mean"] = "rank0"
+    """Distributed jobs: the loss the store shows, rank 0's ("rank0") or the mean over ranks
+    ("mean"; gathered once per window, with the window's other exchange, never per step)."""
+
+    dist_timeout_s: float = Field(1800.0, gt=0.0)
+    """Distributed jobs: timeout of trainwarden's own gloo groups (the per-window exchange, pauses
+    and sharded checkpoint writes). A rank that does not reach a window boundary within it fails."""
+
     @model_validator(mode="after")
     def _finite(self) -> "AgentConfig":
-        for name in ("best_margin", "checkpoint_budget", "save_every_seconds", "min_save_interval_s"):
+        for name in ("best_margin", "checkpoint_budget", "save_every_seconds", "min_save_interval_s", "dist_timeout_s"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")

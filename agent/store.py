@@ -487,15 +487,16 @@ class Store:
         return [MetricInfo.model_validate(dict(r)) for r in rows]
 
     # ------------------------------------------------------------- checkpoints
-    def add_checkpoint(self, step: int, branch: int, loss: float | None, kind: str) -> tuple[int, str]:
-        """A new checkpoint row in state `writing`; returns its id and file path (relative)."""
+    def add_checkpoint(self, step: int, branch: int, loss: float | None, kind: str, suffix: str = ".pt") -> tuple[int, str]:
+        """A new checkpoint row in state `writing`; returns its id and file path (relative).
+        `suffix` is ".pt" for a single file, ".dcp" for a sharded checkpoint's folder."""
         with self.transaction():
             cur = self._conn.execute(
                 "INSERT INTO checkpoints (step, branch, loss, kind, status, path, created_at) VALUES (?, ?, ?, ?, 'writing', '', ?)",
                 (step, branch, _finite_or_none(loss), kind, time.time()),
             )
             ckpt_id = int(cur.lastrowid)
-            path = f"{CHECKPOINT_DIR}/step-{step:09d}-{ckpt_id}.pt"
+            path = f"{CHECKPOINT_DIR}/step-{step:09d}-{ckpt_id}{suffix}"
             self._conn.execute("UPDATE checkpoints SET path = ? WHERE id = ?", (path, ckpt_id))
         return ckpt_id, path
 

@@ -149,6 +149,12 @@ class SaveJob:
     """Seconds the training thread spent taking the snapshot."""
     command: CommandInfo | None = None
     """The `save` command to acknowledge once the file is ready (or failed)."""
+    future: Any = None
+    """Sharded checkpoints: DCP's future for this rank's write (`state` is then empty)."""
+    ckpt_id: int | None = None
+    """Sharded checkpoints: the store row, made on the training thread so every rank knew the folder."""
+    path: str | None = None
+    """Sharded checkpoints: the folder, relative to the run folder."""
 
 
 class Checkpointer(threading.Thread):
@@ -156,12 +162,14 @@ class Checkpointer(threading.Thread):
     saves, runs other slow work the next save depends on (`call`)."""
 
     def __init__(
-        self, store: Store, keep_best: int, keep_last: int, current_branch: Callable[[], int],
-        on_done: Callable[[SaveJob, int | None, float, str | None], None],
+        self, store: Store | None, keep_best: int, keep_last: int, current_branch: Callable[[], int],
+        on_done: Callable[[SaveJob, int | None, float, str | None], None], run_dir: Any = None,
     ) -> None:
         super().__init__(name="trainwarden-checkpoint", daemon=True)
-        self._store = store  # opened by the caller, used only by this thread from now on
-        self._run_dir = store.run_dir
+        # Opened by the caller, used only by this thread from now on. None on ranks other than 0
+        # of a distributed job: they only wait for their part of sharded writes.
+        self._store = store
+        self._run_dir = store.run_dir if store is not None else run_dir
         self._keep_best = keep_best
         self._keep_last = keep_last
         self._current_branch = current_branch
@@ -189,7 +197,11 @@ class Checkpointer(threading.Thread):
             if job is None:
                 break
             try:
-                if isinstance(job, SaveJob):
+                if isinstance(job, SaveJob) and self._store is None:
+                    job.future.result()  # this rank's shards; rank 0 marks the checkpoint ready
+                elif isinstance(job, SaveJob) and job.future is not None:
+                    self._write_sharded(self._store, job)
+                elif isinstance(job, SaveJob):
                     self._write(self._store, job)
                 else:
                     job()
@@ -202,7 +214,25 @@ class Checkpointer(threading.Thread):
             finally:
                 if self._queue.empty():
                     self.idle.set()
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
+
+    def _write_sharded(self, store: Store, job: SaveJob) -> None:
+        """Rank 0 (or a lone process): wait for DCP's write, which on rank 0 completes only once
+        every rank has written its shards, then write the completion marker and mark it ready."""
+        from . import sharded
+
+        cpu0 = time.thread_time()
+        assert job.ckpt_id is not None and job.path is not None
+        folder = self._run_dir / job.path
+        try:
+            job.future.result()
+            nbytes, digest = sharded.finish(folder)
+        except Exception as exc:
+            sharded.remove(folder)
+            self._failed(store, job, job.ckpt_id, exc)
+            return
+        self._ready(store, job, job.ckpt_id, nbytes, digest, cpu0)
 
     def _write(self, store: Store, job: SaveJob) -> None:
         cpu0 = time.thread_time()
@@ -210,20 +240,26 @@ class Checkpointer(threading.Thread):
         try:
             nbytes, digest = ck.write_file(job.state, self._run_dir / rel)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-            message = (
-                f"checkpoint {ckpt_id} at step {job.step} could not be written ({reason}); "
-                "training continues and older checkpoints are intact"
-            )
-            with store.transaction():
-                store.set_checkpoint_status(ckpt_id, "failed", reason)
-                store.add_event("checkpoint_failed", "error", message, step=job.step, branch=job.branch,
-                                data={"checkpoint": ckpt_id, "error": reason})
-                if job.command is not None:
-                    store.ack_command(job.command.id, "rejected", f"checkpoint write failed: {reason}", job.step)
-            log.error("trainwarden: %s", message)
-            self._on_done(job, None, 0.0, reason)
+            self._failed(store, job, ckpt_id, exc)
             return
+        self._ready(store, job, ckpt_id, nbytes, digest, cpu0)
+
+    def _failed(self, store: Store, job: SaveJob, ckpt_id: int, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        message = (
+            f"checkpoint {ckpt_id} at step {job.step} could not be written ({reason}); "
+            "training continues and older checkpoints are intact"
+        )
+        with store.transaction():
+            store.set_checkpoint_status(ckpt_id, "failed", reason)
+            store.add_event("checkpoint_failed", "error", message, step=job.step, branch=job.branch,
+                            data={"checkpoint": ckpt_id, "error": reason})
+            if job.command is not None:
+                store.ack_command(job.command.id, "rejected", f"checkpoint write failed: {reason}", job.step)
+        log.error("trainwarden: %s", message)
+        self._on_done(job, None, 0.0, reason)
+
+    def _ready(self, store: Store, job: SaveJob, ckpt_id: int, nbytes: int, digest: str, cpu0: float) -> None:
         with store.transaction():
             store.checkpoint_ready(ckpt_id, nbytes, digest)
             if job.command is not None:
@@ -240,7 +276,7 @@ class Checkpointer(threading.Thread):
             if not store.retire_checkpoint(c.id):
                 continue  # pinned by the supervisor since we listed them
             try:
-                (self._run_dir / c.path).unlink(missing_ok=True)
+                ck.remove_file(self._run_dir / c.path)
             except OSError as exc:
                 log.warning("trainwarden: cannot delete %s: %s", c.path, exc)
                 store.set_checkpoint_status(c.id, "ready")

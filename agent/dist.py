@@ -1,0 +1,84 @@
+"""The agent's view of a torch.distributed job (torchrun, DDP, FSDP).
+
+Every rank runs an agent; rank 0 owns the store. What the ranks must agree on (which commands to
+apply, whether to save, whether a signal arrived, the window's losses) is settled once per window
+with one small collective, `exchange()`, on a gloo group of trainwarden's own. That group has its
+own timeout and never carries the user's traffic, so a paused job waiting in trainwarden's
+collectives cannot trip the timeout of the user's (NCCL) group, and the user's collectives are
+never interleaved with ours. A second group is kept for checkpoint writes, which run collectives
+on a background thread (as PyTorch's asynchronous checkpointing recommends): two threads must
+never issue collectives on the same group, or the ranks may see them in different orders.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Group:
+    """This process's place in a distributed job, and trainwarden's own process groups."""
+
+    rank: int
+    """This process's global rank."""
+    world_size: int
+    """How many ranks the job has."""
+    sync: Any
+    """gloo group for the per-window exchange, used by the training thread only."""
+    checkpoint: Any
+    """gloo group for sharded checkpoint writes, used by their background thread only."""
+
+    @property
+    def leader(self) -> bool:
+        """Whether this rank owns the store (rank 0)."""
+        return self.rank == 0
+
+    def exchange(self, mine: Any) -> list[Any]:
+        """Every rank's `mine`, in rank order (one all-gather; picklable values only)."""
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, mine, group=self.sync)
+        return out
+
+    def from_leader(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank."""
+        box = [value if self.leader else None]
+        dist.broadcast_object_list(box, src=0, group=self.sync)
+        return box[0]
+
+    def all_agree(self, ok: bool) -> bool:
+        """True when `ok` is true on every rank."""
+        return all(self.exchange(bool(ok)))
+
+
+def join(timeout_s: float) -> Group | None:
+    """The job's Group when this process is one of several ranks of an initialised default
+    process group; None for a single process (then the agent behaves as it always did).
+
+    Creating the groups is itself a collective: every rank must call `attach()`, at the same point.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.get_world_size()
+    if world <= 1:
+        return None
+    timeout = datetime.timedelta(seconds=timeout_s)
+    sync = dist.new_group(backend="gloo", timeout=timeout)
+    checkpoint = dist.new_group(backend="gloo", timeout=timeout)
+    return Group(dist.get_rank(), world, sync, checkpoint)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether the model holds DTensor parameters (FSDP2 `fully_shard`, tensor parallel): its
+    state then exists only across the ranks and is saved with torch.distributed.checkpoint."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch before 2.4 spells it torch.distributed._tensor
+        try:
+            from torch.distributed._tensor import DTensor  # type: ignore[no-redef]
+        except ImportError:
+            return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
