@@ -85,10 +85,11 @@ def start_save(state: dict[str, Any], folder: Path, group: Any) -> Any:
     synchronous save on a torch without `async_save`."""
     folder.mkdir(parents=True, exist_ok=True)
     save_async = getattr(dcp, "async_save", None)
+    alone = {"no_dist": True} if group is None and not torch.distributed.is_initialized() else {}
     if save_async is None:
-        dcp.save(state, checkpoint_id=str(folder), process_group=group)
+        dcp.save(state, checkpoint_id=str(folder), process_group=group, **alone)
         return _Done()
-    response = save_async(state, checkpoint_id=str(folder), process_group=group)
+    response = save_async(state, checkpoint_id=str(folder), process_group=group, **alone)
     staged = getattr(response, "staging_completion", None)
     if staged is not None:  # a torch that stages in the background: the copy must be done before training goes on
         staged.result()
@@ -181,7 +182,8 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         state: dict[str, Any] = {"model": msd, "optim": osd, COMMON_KEY: b""}
         if rng_key(rank) in keys:
             state[rng_key(rank)] = b""
-        dcp.load(state, checkpoint_id=str(folder), planner=SafeLoadPlanner(), process_group=group)
+        alone = {"no_dist": True} if group is None and not torch.distributed.is_initialized() else {}
+        dcp.load(state, checkpoint_id=str(folder), planner=SafeLoadPlanner(), process_group=group, **alone)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     except CheckpointCorrupt:
         raise

@@ -12,6 +12,7 @@ loop with the model sharded by FSDP2 and sharded checkpoints.
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import math
@@ -40,6 +41,8 @@ def parse(argv: list[str] | None = None, default_dir: str = "runs/ddp") -> argpa
     parser.add_argument("--lr-jump", type=lr_jump, metavar="STEP:FACTOR",
                         help="multiply the LR by FACTOR from STEP on (makes the loss rebound, for the supervisor)")
     parser.add_argument("--step-delay", type=float, default=0.0, metavar="S", help="sleep S seconds after each step")
+    parser.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                        help="timeout of the job's process group and of trainwarden's own (default 600)")
     parser.add_argument("--mean-loss", action="store_true", help="the store shows the mean loss over ranks")
     parser.add_argument("--report", metavar="DIR",
                         help="write DIR/pid-RANK at start and DIR/rank-RANK.json at the end (step, LR, a digest of "
@@ -51,14 +54,15 @@ def parse(argv: list[str] | None = None, default_dir: str = "runs/ddp") -> argpa
     return args
 
 
-def setup() -> torch.device:
+def setup(args: argparse.Namespace) -> torch.device:
     """Join the job torchrun started: NCCL with one GPU per rank, else gloo on the CPU."""
+    timeout = datetime.timedelta(seconds=args.dist_timeout)
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
         return torch.device("cuda", local)
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timeout)
     return torch.device("cpu")
 
 
@@ -92,7 +96,8 @@ def train(args: argparse.Namespace, model: nn.Module, inner: nn.Module, device: 
     jump_at, jump = args.lr_jump or (None, 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps // 20, args.steps, jump_at, jump))
     torch.manual_seed(args.seed * 1000 + 1 + rank)  # each rank draws its own batches
-    config = tw.AgentConfig(window=args.window, loss_across_ranks="mean" if args.mean_loss else "rank0")
+    config = tw.AgentConfig(window=args.window, loss_across_ranks="mean" if args.mean_loss else "rank0",
+                            dist_timeout_s=args.dist_timeout)
 
     run = tw.attach(args.run_dir, model=model, optimizer=optimizer, scheduler=scheduler, config=config,
                     distributed_checkpoint=distributed_checkpoint)
@@ -128,7 +133,7 @@ def train(args: argparse.Namespace, model: nn.Module, inner: nn.Module, device: 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    device = setup()
+    device = setup(args)
     inner = make_model(args, 32, device)
     model = nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
     train(args, model, inner, device)

@@ -17,7 +17,7 @@ from trainwarden.examples.train_ddp import make_model, parse, setup, train
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv, default_dir="runs/fsdp")
-    device = setup()
+    device = setup(args)
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError:  # torch 2.4-2.5 kept FSDP2 under _composable

@@ -511,8 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a command's acknowledgement")
     p.set_defaults(func=cmd_tui)
 
-    from . import launcher  # the launcher's options live with it
+    from . import export, launcher  # their options live with them
     launcher.register(sub)
+    export.register(sub)
     return parser
 
 

@@ -1,0 +1,157 @@
+"""Distributed runs: the real examples under torchrun, 2 ranks on gloo, steered through the store.
+
+Each torchrun start costs a few seconds (two Python processes importing torch on 2 cores), so
+every test here checks several behaviours of one job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli
+from trainwarden.agent.store import Store
+
+pytestmark = pytest.mark.timeout(240)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(module: str, *args: object, nproc: int = 2) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+         "-m", module, *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def wait_for(predicate, timeout: float = 90.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def store_step(run: Path) -> int:
+    try:
+        with Store.open(run) as s:
+            return s.run().step if s.run().status == "running" else -1
+    except Exception:
+        return -1
+
+
+def reports(folder: Path, nproc: int = 2) -> list[dict]:
+    return [json.loads((folder / f"rank-{r}.json").read_text()) for r in range(nproc)]
+
+
+def assert_ranks_agree(folder: Path) -> list[dict]:
+    """Every rank ended at the same step with the same LR, parameters and applied commands."""
+    got = reports(folder)
+    for key in ("step", "lr", "lr_groups", "params", "applied"):
+        assert got[0][key] == got[1][key], (key, got[0][key], got[1][key])
+    return got
+
+
+def windows_are_unique(run: Path) -> None:
+    """Rank 0 alone wrote the store: no window or step recorded twice on a branch."""
+    with Store.open(run) as s:
+        for b in s.branches():
+            starts = [w.first_step for w in s.windows(b.id)]
+            assert len(starts) == len(set(starts)), starts
+
+
+def test_ddp_run_records_saves_and_applies_commands_on_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    run, rep = tmp_path / "ddp", tmp_path / "rep"
+    proc = torchrun("trainwarden.examples.train_ddp", "--run-dir", run, "--steps", 1400, "--step-delay", 0.004,
+                    "--report", rep)
+    wait_for(lambda: store_step(run) >= 300, what="the DDP run to pass step 300")
+    lr = cli("lr", run, "2e-4", "--timeout", "30")
+    assert lr.returncode == 0, lr.stderr
+    back = cli("rollback", run, "--best", "--timeout", "30")
+    assert back.returncode == 0, back.stderr
+    assert "rolled back" in back.stdout
+    out = finish(proc)
+    assert "2 ranks" in out
+
+    got = assert_ranks_agree(rep)
+    kinds = [kind for _, kind, _ in got[0]["applied"]]
+    assert kinds == ["set_lr", "rollback"]
+    assert got[0]["step"] == 1400
+    with Store.open(run) as s:
+        info = s.run()
+        assert info.pid == int((rep / "pid-0").read_text())  # rank 0's process owns the run row
+        assert info.status == "finished"
+        ready = s.checkpoints(["ready"])
+        assert ready and all(c.path.endswith(".pt") for c in ready)
+        assert len(s.branches()) == 2  # the rollback forked a branch; the old one is kept
+        for c in ready:  # each rank's RNG states are in the single file rank 0 wrote
+            state = torch.load(run / c.path, weights_only=True)
+            assert len(state["rng_ranks"]) == 2
+    windows_are_unique(run)
+
+
+def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: Path) -> None:
+    run, rep = tmp_path / "fsdp", tmp_path / "rep"
+    # Both timeouts (the job's process group and trainwarden's) far shorter than the pause below.
+    proc = torchrun("trainwarden.examples.train_fsdp", "--run-dir", run, "--steps", 900, "--step-delay", 0.004,
+                    "--report", rep, "--dist-timeout", 3)
+    wait_for(lambda: store_step(run) >= 200, what="the FSDP run to pass step 200")
+    assert cli("pause", run, "--timeout", "30").returncode == 0
+    time.sleep(7)  # more than twice the timeouts: nobody may time out while paused
+    with Store.open(run) as s:
+        paused_at = s.run().step
+        assert s.run().status == "paused"
+    assert cli("lr", run, "--scale", "0.5", "--timeout", "30").returncode == 0  # applied while paused
+    assert cli("rollback", run, "--last", "--timeout", "30").returncode == 0
+    assert cli("resume", run, "--timeout", "30").returncode == 0
+    finish(proc)
+
+    got = assert_ranks_agree(rep)
+    assert [k for _, k, _ in got[0]["applied"]] == ["pause", "scale_lr", "rollback", "resume"]
+    assert got[0]["applied"][0][2] == paused_at
+    with Store.open(run) as s:
+        ready = s.checkpoints(["ready"])
+        assert ready and all(c.path.endswith(".dcp") for c in ready)
+        for c in ready:
+            folder = run / c.path
+            assert (folder / "trainwarden.json").is_file() and (folder / ".metadata").is_file()
+            assert len(list(folder.glob("*.distcp"))) == 2  # both ranks wrote their shards
+        best = min(ready, key=lambda c: c.loss)
+
+    # For inference: one plain file, the same weights as the sharded checkpoint.
+    out = tmp_path / "model.pt"
+    exported = cli("export", run, str(best.id), "-o", out)
+    assert exported.returncode == 0, exported.stderr
+    weights = torch.load(out, weights_only=True)
+    from trainwarden.examples.train_ddp import make_model, parse
+    model = make_model(parse([]), 32, torch.device("cpu"))
+    model.load_state_dict(weights)  # strict: every key matches the bare model
+
+    # Resharding: the 2-rank checkpoint resumes in one process on a plain model.
+    import trainwarden.agent as tw
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with tw.attach(run, model=model, optimizer=optimizer, distributed_checkpoint=True,
+                   config=tw.AgentConfig(handle_signals=False)) as again:
+        assert again.resume() == 900
+        for _ in range(20):
+            loss = model(torch.randn(8, 32)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            again.record(loss)
+    with Store.open(run) as s:
+        final = max(s.checkpoints(["ready"]), key=lambda c: c.id)
+        assert final.step == 920 and final.kind == "final"
