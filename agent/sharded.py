@@ -19,17 +19,24 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 import xxhash
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointCorrupt, _fsync_dir
+
+# DCP warns at every save and load in a lone process that it assumes one process: that is the
+# intent here (`distributed_checkpoint=True` without torchrun, `trainwarden export`), not news.
+warnings.filterwarnings("ignore", message=r"torch\.distributed is .*assuming the intent is to", category=UserWarning)
 
 MARKER = "trainwarden.json"
 SUFFIX = ".dcp"
@@ -89,12 +96,34 @@ def start_save(state: dict[str, Any], folder: Path, group: Any) -> Any:
     if save_async is None:
         dcp.save(state, checkpoint_id=str(folder), process_group=group, **alone)
         return _Done()
-    response = save_async(state, checkpoint_id=str(folder), process_group=group, **alone)
+    try:
+        response = save_async(state, checkpoint_id=str(folder), process_group=group, **alone)
+    except RuntimeError as exc:
+        if "interpreter shutdown" not in str(exc):
+            raise
+        # The final save of a run closed at exit: no new threads then, so write it here.
+        dcp.save(state, checkpoint_id=str(folder), process_group=group, **alone)
+        return _Done()
     staged = getattr(response, "staging_completion", None)
     if staged is not None:  # a torch that stages in the background: the copy must be done before training goes on
         staged.result()
         return response.upload_completion
     return response
+
+
+def why(exc: BaseException) -> str:
+    """One line saying what went wrong in DCP: the first rank's own error, not the wrapper's."""
+    if isinstance(exc, CheckpointException) and exc.failures:
+        rank, inner = next(iter(exc.failures.items()))
+        if isinstance(inner, tuple):  # DCP keeps (exception, stack) per rank
+            inner = inner[0]
+        return f"rank {rank}: {why(inner)}"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "an entry holds code or objects other than tensors and plain containers (refused by the safe loader)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 class _Done:
@@ -187,9 +216,8 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     except CheckpointCorrupt:
         raise
-    except Exception as exc:  # DCP reports a bad folder with many exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointCorrupt(f"folder {folder.name} cannot be loaded: {first[:300]}") from None
+    except (Exception, CheckpointException) as exc:  # DCP's own is a BaseException
+        raise CheckpointCorrupt(f"folder {folder.name} cannot be loaded: {why(exc)}") from None
     common = _unpack(state[COMMON_KEY], COMMON_KEY)
     if not isinstance(common, dict) or common.get("format") != FORMAT:
         raise CheckpointCorrupt(f"folder {folder.name} is not a trainwarden checkpoint")
@@ -210,9 +238,8 @@ def model_weights(folder: Path) -> dict[str, torch.Tensor]:
     try:
         _load_state_dict(state, storage_reader=dcp.FileSystemReader(str(folder)),
                          planner=_Planner(keys={"model"}), no_dist=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointCorrupt(f"folder {folder.name} cannot be read: {first[:300]}") from None
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointCorrupt(f"folder {folder.name} cannot be read: {why(exc)}") from None
     model = state.get("model")
     if not isinstance(model, dict) or not model:
         raise CheckpointCorrupt(f"folder {folder.name} holds no model state")

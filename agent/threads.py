@@ -197,9 +197,7 @@ class Checkpointer(threading.Thread):
             if job is None:
                 break
             try:
-                if isinstance(job, SaveJob) and self._store is None:
-                    job.future.result()  # this rank's shards; rank 0 marks the checkpoint ready
-                elif isinstance(job, SaveJob) and job.future is not None:
+                if isinstance(job, SaveJob) and job.future is not None:
                     self._write_sharded(self._store, job)
                 elif isinstance(job, SaveJob):
                     self._write(self._store, job)
@@ -217,21 +215,29 @@ class Checkpointer(threading.Thread):
         if self._store is not None:
             self._store.close()
 
-    def _write_sharded(self, store: Store, job: SaveJob) -> None:
-        """Rank 0 (or a lone process): wait for DCP's write, which on rank 0 completes only once
-        every rank has written its shards, then write the completion marker and mark it ready."""
+    def _write_sharded(self, store: Store | None, job: SaveJob) -> None:
+        """Wait for DCP's write of this rank's shards. Rank 0's completes only once every rank has
+        written (DCP gathers their results before writing its metadata); rank 0 then writes the
+        completion marker and marks the checkpoint ready. Other ranks (no store) only wait."""
         from . import sharded
 
         cpu0 = time.thread_time()
-        assert job.ckpt_id is not None and job.path is not None
-        folder = self._run_dir / job.path
+        folder = self._run_dir / str(job.path)
         try:
             job.future.result()
+            if store is None:
+                return
             nbytes, digest = sharded.finish(folder)
-        except Exception as exc:
+        except (Exception, sharded.CheckpointException) as exc:  # DCP's own is a BaseException
+            error = sharded.why(exc)
+            if store is None:
+                log.error("trainwarden: this rank's part of checkpoint at step %d failed: %s", job.step, error)
+                return
             sharded.remove(folder)
-            self._failed(store, job, job.ckpt_id, exc)
+            assert job.ckpt_id is not None
+            self._failed(store, job, job.ckpt_id, RuntimeError(error))
             return
+        assert job.ckpt_id is not None
         self._ready(store, job, job.ckpt_id, nbytes, digest, cpu0)
 
     def _write(self, store: Store, job: SaveJob) -> None:
