@@ -71,6 +71,14 @@ def join(timeout_s: float) -> Group | None:
     return Group(dist.get_rank(), world, sync, checkpoint)
 
 
+SHARDED_MIN_TORCH = "2.6"
+"""Sharded checkpoints need FSDP2's public `fully_shard`, `get_state_dict` and `dcp.async_save`."""
+
+
+def sharded_supported() -> bool:
+    return torch.__version__ >= SHARDED_MIN_TORCH  # TorchVersion compares as a version, not a string
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether the model holds DTensor parameters (FSDP2 `fully_shard`, tensor parallel): its
     state then exists only across the ranks and is saved with torch.distributed.checkpoint."""

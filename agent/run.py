@@ -89,10 +89,12 @@ class Run:
         self.should_stop = False
         """True once a `stop` command arrived: leave the loop and call close()."""
 
+        self._sharded = dist.is_sharded(model) if distributed_checkpoint is None else bool(distributed_checkpoint)
+        if self._sharded and not dist.sharded_supported():
+            raise AttachError(f"sharded checkpoints need torch >= {dist.SHARDED_MIN_TORCH}; this is torch {torch.__version__}")
         self._group = dist.join(config.dist_timeout_s)  # None for a single process
         self._leader = self._group is None or self._group.leader
         self._rank = self._group.rank if self._group is not None else 0
-        self._sharded = dist.is_sharded(model) if distributed_checkpoint is None else bool(distributed_checkpoint)
         self._store: Store | None = None  # rank 0's only: other ranks never open the store
         self._branch, self._next_branch, self._best_loss, multiplier = 0, 1, None, 1.0
         failure: StoreError | None = None
@@ -124,6 +126,7 @@ class Run:
         self._crashed = False
 
         self._snapshots = ck.SnapshotBuffers()
+        self._stager: Any = None  # sharded checkpoints: DCP's staging buffers, kept between saves
         self._reserving = False  # whether the snapshot buffers were handed to the checkpoint thread to reserve
         self._reserved = threading.Event()  # set once they are (or the attempt failed)
         self._last_save_time = time.monotonic()
@@ -377,13 +380,16 @@ class Run:
         """A window boundary of a distributed job: one exchange settles what every rank does
         next (save, commands, a signal); rank 0 writes the window (its own losses, or the mean)."""
         assert self._group is not None
-        values = self._take_window()
+        share = self.config.loss_across_ranks == "mean"
+        if self._leader or share:
+            values = self._take_window()
+        else:  # rank 0's losses are the store's: no need to copy this rank's to the CPU
+            values, self._buf, self._buf_on_device = [], [], False
         plan = None
         if self._leader:
             full = len(values) == self._window and all(math.isfinite(v) for v in values)
             plan = {"save": not closing and full and self._autosave_due(),
                     "commands": [] if closing else self._drain_inbox()}
-        share = self.config.loss_across_ranks == "mean"
         got = self._group.exchange({"signal": self._signal, "plan": plan, "losses": values if share else None})
         stats = None
         if self._leader and values:
@@ -501,8 +507,10 @@ class Run:
         state = sharded.save_state(self.model, self.optimizer, {**common, **extra} if self._leader else None,
                                    ck.capture_rng(), self._rank)
         group = self._group.checkpoint if self._group is not None else None
+        if self._stager is None:
+            self._stager = sharded.make_stager()
         try:
-            future = sharded.start_save(state, self.run_dir / rel, group)
+            future = sharded.start_save(state, self.run_dir / rel, group, self._stager)
         except Exception as exc:  # e.g. an unwritable folder: training goes on, as for a file
             future = _Failed(exc)
         self._checkpointer.submit(SaveJob({}, self.step, self._branch, loss, kind, time.perf_counter() - t0,
@@ -834,6 +842,8 @@ class Run:
         finally:
             self._checkpointer.stop()
             self._writer.stop()
+            if self._stager is not None:
+                self._stager.close()
             self._lr.remove()
             for signum, handler in self._previous.items():
                 try:

@@ -85,23 +85,44 @@ def save_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, common:
     return state
 
 
-def start_save(state: dict[str, Any], folder: Path, group: Any) -> Any:
+def make_stager() -> Any:
+    """A stager kept from one save to the next, so staging reuses its CPU buffers. DCP's default
+    is made afresh for every save: allocating and first-touching new memory each time made the
+    training thread wait 3-4x longer than the copy itself (48 MiB: 17 ms against ~5). Synchronous
+    staging: the copy is done when `async_save` returns, so training may change the weights."""
+    import inspect
+
+    if "async_stager" not in inspect.signature(dcp.async_save).parameters:
+        return None
+    try:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    except ImportError:
+        return None
+    gpu = torch.cuda.is_available()
+    return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=False,
+                                        use_non_blocking_copy=gpu))
+
+
+def start_save(state: dict[str, Any], folder: Path, group: Any, stager: Any = None) -> Any:
     """Stage `state` to CPU memory on this thread and write it in DCP's background thread.
     Returns a future that completes when this rank's part is written and, on rank 0, when the
     metadata is (rank 0 finishes only after every rank reported its writes). Falls back to a
-    synchronous save on a torch without `async_save`."""
+    synchronous save on a torch without `async_save`. One save at a time per `stager`."""
     folder.mkdir(parents=True, exist_ok=True)
     save_async = getattr(dcp, "async_save", None)
     alone = {"no_dist": True} if group is None and not torch.distributed.is_initialized() else {}
     if save_async is None:
         dcp.save(state, checkpoint_id=str(folder), process_group=group, **alone)
         return _Done()
+    if stager is not None:
+        alone["async_stager"] = stager
     try:
         response = save_async(state, checkpoint_id=str(folder), process_group=group, **alone)
     except RuntimeError as exc:
         if "interpreter shutdown" not in str(exc):
             raise
         # The final save of a run closed at exit: no new threads then, so write it here.
+        alone.pop("async_stager", None)
         dcp.save(state, checkpoint_id=str(folder), process_group=group, **alone)
         return _Done()
     staged = getattr(response, "staging_completion", None)

@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ("recovery.py", []),
     ("supervisor_scale.py", ["--dir", "{tmp}"]),
     ("tui_scale.py", ["--dir", "{tmp}"]),
+    ("distributed_overhead.py", ["--dir", "{tmp}"]),
 ])
 def test_each_benchmark_runs_and_prints_its_verdicts(script, extra, tmp_path):
     if script == "record_overhead.py" and importlib.util.find_spec("tensorboard") is None:

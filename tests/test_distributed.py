@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import cli
+from trainwarden.agent.dist import SHARDED_MIN_TORCH, sharded_supported
 from trainwarden.agent.store import Store
 
 pytestmark = pytest.mark.timeout(240)
@@ -103,6 +104,7 @@ def test_ddp_run_records_saves_and_applies_commands_on_every_rank_at_the_same_st
     windows_are_unique(run)
 
 
+@pytest.mark.skipif(not sharded_supported(), reason=f"FSDP2 and sharded checkpoints need torch >= {SHARDED_MIN_TORCH}")
 def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: Path) -> None:
     run, rep = tmp_path / "fsdp", tmp_path / "rep"
     # Both timeouts (the job's process group and trainwarden's) far shorter than the pause below.
@@ -155,3 +157,62 @@ def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: 
     with Store.open(run) as s:
         final = max(s.checkpoints(["ready"]), key=lambda c: c.id)
         assert final.step == 920 and final.kind == "final"
+
+
+def launch(root: Path, name: str, *job: object, restarts: int = 2) -> subprocess.Popen[str]:
+    """`trainwarden run --nproc-per-node 2` as a user types it."""
+    return subprocess.Popen(
+        ["trainwarden", "run", "--root", str(root), "--name", name, "--nproc-per-node", "2",
+         "--max-restarts", str(restarts), "--backoff", "0.5", "--", sys.executable, "-m", *map(str, job)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+
+
+def test_kill_9_of_one_rank_restarts_the_group_which_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    root, rep = tmp_path / "runs", tmp_path / "rep"
+    run = root / "ddp"
+    proc = launch(root, "ddp", "trainwarden.examples.train_ddp", "--steps", 1000, "--step-delay", 0.004,
+                  "--report", rep)
+
+    def saved_past_200() -> bool:
+        try:
+            with Store.open(run) as s:
+                return any(c.step >= 200 for c in s.checkpoints(["ready"]))
+        except Exception:
+            return False
+    wait_for(saved_past_200, what="a checkpoint past step 200")
+    first_rank1 = int((rep / "pid-1").read_text())
+    os.kill(first_rank1, signal.SIGKILL)
+    out = finish(proc)
+
+    assert int((rep / "pid-1").read_text()) != first_rank1  # the group was started again
+    got = assert_ranks_agree(rep)
+    assert got[0]["step"] == 1000
+    with Store.open(run) as s:
+        kinds = [e.kind for e in s.events()]
+        resumed = [e for e in s.events() if e.kind == "resumed"]
+        assert s.run().status == "finished"
+    assert "job_restarted" in kinds, out[-2000:]
+    assert resumed and resumed[-1].step >= 200  # continued from the checkpoint, not from step 0
+    windows_are_unique(run)
+
+
+def test_the_daemon_rolls_back_a_two_rank_run_after_a_real_rebound(tmp_path: Path, daemon) -> None:
+    root, rep = tmp_path / "runs", tmp_path / "rep"
+    policy = tmp_path / "policy.toml"
+    policy.write_text("cooldown_steps = 50\nrollback_margin_steps = 10\n")
+    d = daemon(root, policy=policy)
+    d.wait_log("watching")
+    proc = launch(root, "jump", "trainwarden.examples.train_ddp", "--steps", 1200, "--window", 10,
+                  "--lr-jump", "400:30", "--step-delay", 0.004, "--report", rep, restarts=0)
+    finish(proc)
+    run = root / "jump"
+    with Store.open(run) as s:
+        ivs = s.interventions()
+        assert ivs and ivs[0].mode == "auto" and ivs[0].status == "applied", d.text()[-2000:]
+        assert 390 <= ivs[0].onset <= 440  # the LR jump is at step 400
+        rollback = s.command(ivs[0].commands[0])
+        assert rollback.kind == "rollback" and rollback.status == "applied"
+        assert len(s.branches()) >= 2
+    got = assert_ranks_agree(rep)  # the same rollbacks and LR cuts, at the same steps, on both ranks
+    kinds = [k for _, k, _ in got[0]["applied"]]
+    assert "rollback" in kinds and "scale_lr" in kinds

@@ -11,9 +11,14 @@ from conftest import FAST, cli, issue, train_until_acked
 from tiny_train import build, params_digest, train_step
 
 import trainwarden.agent as tw
-from trainwarden.agent import sharded
+from trainwarden.agent import dist as twdist
 from trainwarden.agent.checkpoint import CheckpointCorrupt
 from trainwarden.agent.store import Store
+
+pytestmark = pytest.mark.skipif(not twdist.sharded_supported(),
+                                reason=f"sharded checkpoints need torch >= {twdist.SHARDED_MIN_TORCH}")
+if twdist.sharded_supported():
+    from trainwarden.agent import sharded
 
 
 def attach(run_dir, **config):

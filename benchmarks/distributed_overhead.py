@@ -1,0 +1,240 @@
+"""The agent in a 2-rank job: training speed with and without it, and the blocked time of a
+sharded checkpoint against a synchronous `torch.distributed.checkpoint.save`.
+
+    python benchmarks/distributed_overhead.py [--quick] [--nproc 2] [--dir D]
+
+Starts itself under torchrun (`--nproc` ranks; gloo on CPUs, NCCL when every rank has a GPU).
+1. Speed: examples/train_ddp.py's DDP model and loop, plain (A) and under the agent with its
+   default config (B: record() every step, one exchange per window, adaptive single-file
+   checkpoints by rank 0) and, to tell the costs apart, under the agent with automatic
+   checkpoints off (C); the order alternates (ABC, CBA, ...) so drift falls on all alike;
+   steps/s between barriers, slowest rank. Target: B is at most 3% slower than A.
+2. Blocked time per sharded checkpoint: an FSDP2 model (`--width`, 4 layers) with Adam state;
+   the time the training thread is held by the agent's sharded save (store row, staging the
+   shards to CPU memory, DCP's background write started) against a synchronous `dcp.save` of the
+   same state, slowest rank each time, alternating. Target: at most 0.2x of the synchronous save.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from common import machine, median, spread, table, verdict
+
+TARGET_SLOWDOWN = 0.03
+TARGET_BLOCKED = 0.2
+
+
+# ------------------------------------------------------------------ worker (one rank)
+def slowest(seconds: float) -> float:
+    """The largest value over the ranks: a collective step waits for the slowest one."""
+    t = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=CPU_GROUP)
+    return float(t.item())
+
+
+def loop(args: argparse.Namespace, run_dir: Path | None, device: torch.device, saves: bool = True) -> float:
+    """Steps/s of train_ddp.py's loop, under the agent when `run_dir` is given (with automatic
+    checkpoints when `saves`)."""
+    import trainwarden.agent as tw
+    from trainwarden.examples.train_mlp import make_data, warmup_cosine
+
+    x, y, _, _ = (t.to(device) for t in make_data(0))
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(32, args.hidden), nn.GELU(), nn.Linear(args.hidden, args.hidden), nn.GELU(),
+                          nn.Linear(args.hidden, 1)).to(device)
+    model = nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps // 20, args.steps))
+    run = None
+    if run_dir is not None:
+        config = tw.AgentConfig() if saves else tw.AgentConfig(save_every_steps=10**12)
+        run = tw.attach(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
+        run.resume()
+    dist.barrier(group=CPU_GROUP)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        idx = torch.randint(0, x.shape[0], (args.batch,), device=device)
+        loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if run is not None:
+            run.record(loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = slowest(time.perf_counter() - t0)
+    if run is not None:
+        run.close()
+    return args.steps / elapsed
+
+
+def checkpoints(args: argparse.Namespace, work: Path, device: torch.device) -> tuple[list[float], list[float], int]:
+    """(agent's blocked seconds, synchronous dcp.save seconds, bytes per checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    import trainwarden.agent as tw
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(args.width, args.width) for _ in range(4)]).to(device)
+    for layer in model:
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    config = tw.AgentConfig(save_every_steps=10**12, save_on_close=False, keep_best=2, keep_last=2)
+    run = tw.attach(work / "fsdp", model=model, optimizer=optimizer, config=config)
+    run.resume()
+
+    def step() -> None:
+        loss = model(torch.randn(8, args.width, device=device)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.record(loss)
+
+    for _ in range(3):
+        step()
+    blocked, sync = [], []
+    for i in range(args.saves):
+        for which in (("agent", "sync") if i % 2 == 0 else ("sync", "agent")):
+            dist.barrier(group=CPU_GROUP)
+            if which == "agent":
+                t0 = time.perf_counter()
+                run._save("manual", wait=False)  # what an automatic save costs the training thread
+                blocked.append(slowest(time.perf_counter() - t0))
+                run.flush(600)
+            else:
+                msd, osd = get_state_dict(model, optimizer)
+                t0 = time.perf_counter()
+                dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(work / f"sync-{i}"))
+                sync.append(slowest(time.perf_counter() - t0))
+                if dist.get_rank() == 0:
+                    shutil.rmtree(work / f"sync-{i}")
+            step()
+    run.flush(600)
+    with tw.Store.open(work / "fsdp") if dist.get_rank() == 0 else _Nothing() as store:
+        nbytes = max(c.bytes or 0 for c in store.checkpoints(["ready"])) if store else 0
+    run.close()
+    return blocked, sync, nbytes
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def worker(args: argparse.Namespace) -> None:
+    global CPU_GROUP
+    if torch.cuda.is_available():
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=10))
+        device = torch.device("cuda", local)
+    else:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
+        device = torch.device("cpu")
+    CPU_GROUP = dist.new_group(backend="gloo")  # timing barriers, never the user's group
+    work = Path(args.dir)
+    rank = dist.get_rank()
+    rates: dict[str, list[float]] = {"A": [], "B": [], "C": []}
+    for name in rates:  # warm-up
+        loop(args, work / f"warm-up-{name}" if name != "A" else None, device, name == "B")
+    for i in range(args.rounds):
+        for name in (("A", "B", "C") if i % 2 == 0 else ("C", "B", "A")):
+            rates[name].append(loop(args, work / f"run-{i}-{name}" if name != "A" else None, device, name == "B"))
+    blocked, sync, nbytes = checkpoints(args, work, device)
+    if rank == 0:
+        (work / "result.json").write_text(json.dumps({
+            "rates": rates, "blocked": blocked, "sync": sync, "bytes": nbytes, "world": dist.get_world_size(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
+            "backend": dist.get_backend()}))
+    dist.barrier(group=CPU_GROUP)
+    dist.destroy_process_group()
+
+
+CPU_GROUP = None
+
+
+# ------------------------------------------------------------------ parent
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", type=int, default=2, help="ranks (default 2)")
+    parser.add_argument("--steps", type=int, default=2000, help="steps per speed run")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of A, B and C; medians are reported")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--width", type=int, default=2048, help="FSDP model: 4 layers of width x width (default: ~200 MiB with Adam)")
+    parser.add_argument("--saves", type=int, default=5, help="checkpoints of each kind")
+    parser.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test in well under a minute")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.width, args.saves = 300, 1, 256, 2
+    if args.worker:
+        worker(args)
+        return
+
+    print(machine())
+    work = Path(tempfile.mkdtemp(prefix="trainwarden-dist-", dir=args.dir))
+    try:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
+                __file__, "--worker", "--dir", str(work), "--steps", str(args.steps), "--rounds", str(args.rounds),
+                "--batch", str(args.batch), "--hidden", str(args.hidden), "--width", str(args.width),
+                "--saves", str(args.saves)]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"the {args.nproc}-rank job failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+        result = json.loads((work / "result.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    a, b, c = result["rates"]["A"], result["rates"]["B"], result["rates"]["C"]
+    print(f"{result['world']} ranks, {result['backend']} on {result['device']}; {args.rounds} rounds of "
+          f"{args.steps} steps, batch {args.batch} per rank, hidden {args.hidden}")
+    print()
+    paired = lambda xs: f"{median([1 - x / y for y, x in zip(a, xs)]):+.2%}"  # noqa: E731  (round by round)
+    print(table(["loop", "median steps/s", "range", "slowdown vs A (medians)", "median per-round slowdown"], [
+        ["plain DDP (A)", f"{median(a):.0f}", spread(a), "-", "-"],
+        ["DDP under the agent (B)", f"{median(b):.0f}", spread(b), f"{1 - median(b) / median(a):+.2%}", paired(b)],
+        ["agent, no automatic checkpoints (C)", f"{median(c):.0f}", spread(c), f"{1 - median(c) / median(a):+.2%}",
+         paired(c)],
+    ]))
+    blocked, sync = result["blocked"], result["sync"]
+    ratio = median(blocked) / median(sync)
+    print()
+    print(f"sharded checkpoint of {result['bytes'] / 2**20:.1f} MiB (FSDP2, 4 x {args.width}^2 + Adam), "
+          f"{len(blocked)} of each, slowest rank:")
+    print(table(["save", "median s", "range"], [
+        ["agent (staging, training thread held)", f"{median(blocked):.4f}", spread(blocked)],
+        ["synchronous dcp.save", f"{median(sync):.4f}", spread(sync)],
+    ]))
+    print()
+    slowdown = 1 - median(b) / median(a)
+    print(f"agent in a {result['world']}-rank DDP job: {slowdown:.2%} slower "
+          f"(target <= {TARGET_SLOWDOWN:.0%}): {verdict(slowdown <= TARGET_SLOWDOWN)}")
+    print(f"blocked time per sharded checkpoint: {ratio:.3f}x of a synchronous dcp.save "
+          f"(target <= {TARGET_BLOCKED}x): {verdict(ratio <= TARGET_BLOCKED)}")
+
+
+if __name__ == "__main__":
+    main()
