@@ -1,6 +1,6 @@
 """`trainwarden run`: launch a training job under supervision, and restart it when it crashes or hangs.
 
-    trainwarden run [--name N] [--root DIR] [--max-restarts K] [--policy FILE] -- python train.py ...
+    trainwarden run [--name N] [--root DIR] [--max-restarts K] [--policy FILE] [--nproc-per-node N] -- python train.py ...
 
 The job finds its run folder in $TRAINWARDEN_RUN_DIR (what `attach()` reads when given no folder)
 and calls `run.resume()`, so every restart continues from the newest good checkpoint. It also finds
@@ -28,20 +28,42 @@ Stopping. The job runs in a process group of its own, so a terminal's Ctrl-C rea
 only; it then stops the job the way a scheduler does, and does not restart it. Whether asked by
 SIGINT or SIGTERM, the job's main process gets SIGTERM (the agent saves a checkpoint at the next
 step boundary and exits) and its group SIGCONT (a stopped process must run to see it); whatever
-is left of the group after --kill-grace seconds gets SIGKILL. A second SIGINT or SIGTERM sends
-SIGKILL at once. A hung job is stopped the same way, then restarted. Once the main process has
-ended, what remains of its group (orphaned workers, say) gets SIGTERM, so that it holds no memory
-or GPU into the next attempt.
+is left of the group after --kill-grace seconds gets SIGKILL. A second stop signal (SIGINT,
+SIGTERM, SIGUSR1) sends SIGKILL at once. A hung job is stopped the same way, then restarted. Once
+the main process has ended, what remains of its group (orphaned workers, say) gets SIGTERM, so
+that it holds no memory or GPU into the next attempt.
 
-Exit status: the last job's exit code, 128+N when signal N ended it (as shells report it); 2 for
-a usage error; 127 when the program is not found and 126 when it cannot be executed (as shells).
+Process groups. With --nproc-per-node N the job runs under PyTorch's own launcher, `python -m
+torch.distributed.run --standalone --nproc-per-node N --max-restarts 0` with trainwarden's own
+interpreter: `python [-u] SCRIPT ARGS`, `python -m MODULE ARGS`, `SCRIPT.py ARGS`, or any other
+program (run with torchrun's --no-python). When one rank fails, torchrun ends the others and exits
+non-zero, and the launcher restarts the whole group as above (every rank resumes from the same
+checkpoint). torchrun starts each rank in a session of its own, so what the launcher sends to the
+group (SIGCONT, SIGKILL) also goes to every process below the job's main process. Its shutdown
+timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, unless set) is --kill-grace, rounded up.
 
-Each start, restart, hang, kill, exit and giving up is an event in the run's store (source
+Preemption. SIGUSR1 (Slurm's `#SBATCH --signal=B:USR1@120` warning, sent to the batch shell,
+which `exec trainwarden run ...` makes the launcher) stops the job as SIGTERM does, but the job
+gets SIGUSR1: the main process of a plain job, every rank of a --nproc-per-node job (torchrun is
+told to pass SIGUSR1 on, with --signals-to-handle; a torch too old for that option gets SIGTERM,
+which torchrun passes on, and the agent treats both alike). torchrun is started with SIGUSR1
+ignored, so a stray one cannot kill it before it installs its handlers. Once the job has exited
+(or at once, while waiting to restart), if $SLURM_JOB_ID is set, the launcher runs `scontrol
+requeue $SLURM_JOB_ID` once, so that Slurm starts the job again later and it resumes from its
+checkpoint; then it exits, without restarting the job itself.
+
+Exit status: the last job's exit code, 128+N when signal N ended it (as shells report it: torchrun
+itself exits with 1 after passing a stop signal N on to its ranks, which is reported as 128+N); 2
+for a usage error; 127 when the program is not found and 126 when it cannot be executed.
+
+Each start, restart, hang, kill, exit, giving up and requeue is an event in the run's store (source
 "launcher") and one line on stderr. The daemon is not needed; nothing is opened but the store.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import math
 import os
 import re
 import shlex
@@ -51,7 +73,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -73,6 +95,12 @@ LIVENESS_INTERVAL_S = 1.0
 POLL_S = 0.1
 EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 126, 127
 SOURCE = "launcher"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNAL = signal.SIGUSR1
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+"""torchrun's default --signals-to-handle, and SIGUSR1: it passes each on to every rank and waits for them."""
+ENV_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+_PYTHON = re.compile(r"python[0-9.]*")
 
 Verdict = Literal["finished", "stopped", "restart", "give_up"]
 
@@ -129,6 +157,68 @@ def default_name(command: Sequence[str], now: float) -> str:
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
 
 
+def torchrun_target(command: Sequence[str]) -> list[str]:
+    """What follows torchrun's options to run `command` in each rank: a script and its arguments
+    (torchrun runs it with its own interpreter, unbuffered), `-m MODULE ...`, or `--no-python`
+    and a program. ValueError for what torchrun cannot run that way."""
+    program, args = command[0], list(command[1:])
+    if not _PYTHON.fullmatch(Path(program).name):
+        target = list(command) if program.endswith(".py") else ["--no-python", *command]
+    else:
+        while args[:1] == ["-u"]:  # torchrun runs python -u anyway
+            args = args[1:]
+        if args[:1] and args[0].startswith("-m") and len(args[0]) > 2:  # python -mpkg.mod
+            args = ["-m", args[0][2:], *args[1:]]
+        if not args or (args[0].startswith("-") and not (args[0] == "-m" and len(args) > 1)):
+            raise ValueError(f"--nproc-per-node runs `python [-u] SCRIPT ...` or `python -m MODULE ...`, not "
+                             f"`{shlex.join(command[:2])} ...`: torchrun passes no other interpreter options")
+        target = args
+    if target[:2] == ["-m", "torch.distributed.run"] or Path(target[target[0] == "--no-python"]).name == "torchrun":
+        raise ValueError("--nproc-per-node runs torchrun itself: give the training command, not torchrun")
+    return target
+
+
+def torchrun_argv(nproc: int, command: Sequence[str], *, python: str, forwards_usr1: bool) -> list[str]:
+    """The command line running `command` in `nproc` ranks under torchrun. With --max-restarts 0 a
+    failed rank ends the group and torchrun exits non-zero: restarting is the launcher's business.
+    `forwards_usr1`: this torchrun knows --signals-to-handle, so it can pass SIGUSR1 on."""
+    argv = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0"]
+    if forwards_usr1:
+        argv += ["--signals-to-handle", TORCHRUN_SIGNALS]
+    return argv + torchrun_target(command)
+
+
+def forwarded_signal(received: int, *, grouped: bool, forwards_usr1: bool) -> int:
+    """The signal the job gets when the launcher is asked to stop by `received`: SIGUSR1 as it is
+    (the agent saves and exits on it as on SIGTERM) where it can reach the ranks, else SIGTERM."""
+    if received == PREEMPT_SIGNAL and (forwards_usr1 or not grouped):
+        return PREEMPT_SIGNAL
+    return signal.SIGTERM
+
+
+def stopped_status(returncode: int, sent: int | None, *, grouped: bool) -> int:
+    """The exit status of a job stopped by the launcher with signal `sent`: torchrun exits with 1
+    after it has passed a signal on to its ranks (and they ended), which is reported as the ranks'
+    128+N, as a plain job that got the signal reports it."""
+    if grouped and sent is not None and returncode == 1:
+        return 128 + sent
+    return exit_status(returncode)
+
+
+def descendants(parents: Mapping[int, int], root: int) -> list[int]:
+    """Every process below `root`, given each process's parent: children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, queue = [], list(children.get(root, ()))
+    while queue:
+        pid = queue.pop(0)
+        if pid != root and pid not in found:  # a pid reused meanwhile cannot make a loop
+            found.append(pid)
+            queue.extend(children.get(pid, ()))
+    return found
+
+
 def program_problem(program: str) -> tuple[int, str] | None:
     """(exit status, message) when `program` cannot be started, as a shell would say it; else None."""
     if "/" not in program:
@@ -138,6 +228,15 @@ def program_problem(program: str) -> tuple[int, str] | None:
     if os.path.isdir(program) or not os.access(program, os.X_OK):
         return EXIT_NOT_EXECUTABLE, f"{program}: cannot execute (a folder, or no execute permission)"
     return None
+
+
+def group_problem(target: Sequence[str]) -> tuple[int, str] | None:
+    """(exit status, message) when torchrun's `target` (see torchrun_target) cannot be started; else None."""
+    if target[0] == "--no-python":
+        return program_problem(target[1])
+    if target[0] == "-m" or os.path.isfile(target[0]):
+        return None
+    return EXIT_NOT_FOUND, f"{target[0]}: no such file"
 
 
 # ------------------------------------------------------------------ the job
@@ -153,37 +252,50 @@ class Ending:
     """The job was found hung and stopped by the launcher."""
     ran_s: float
     """How long the attempt ran."""
+    sent: int | None = None
+    """The stop signal the launcher sent to the main process, if any."""
+
+
+def _ignore_usr1() -> None:
+    """In the child before exec: SIGUSR1 ignored, which exec keeps (torchrun would die of one that
+    came before it installs its handlers; each rank's agent installs its own)."""
+    signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
 
 
 class _Job:
     """One attempt: the job's process, leader of a process group of its own."""
 
-    def __init__(self, command: Sequence[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: Sequence[str], env: dict[str, str], *, grouped: bool) -> None:
         self.started_at = time.time()  # the agent's started_at must be later for it to be this attempt's
         self._t0 = time.monotonic()
-        self.proc = subprocess.Popen(list(command), env=env, stdin=subprocess.DEVNULL, process_group=0)
+        self.proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL, process_group=0,
+                                     preexec_fn=_ignore_usr1 if grouped else None)
         self.pid = self.proc.pid
         self.kill_at: float | None = None
         """When to SIGKILL the group after asking the job to stop (monotonic); None: no deadline."""
         self.stopping = False
-        """The launcher has sent SIGTERM or SIGKILL: the job is no longer judged for hangs."""
+        """The launcher has sent a stop signal or SIGKILL: the job is no longer judged for hangs."""
+        self.sent: int | None = None
+        """The first stop signal sent to the main process, if any."""
 
     @property
     def ran_s(self) -> float:
         return time.monotonic() - self._t0
 
-    def stop(self, grace: float) -> None:
-        """SIGTERM to the main process (the agent's signal to save and exit; torchrun passes it on),
-        SIGCONT to the group so a stopped process sees it, SIGKILL after `grace` seconds."""
+    def stop(self, grace: float, signum: int = signal.SIGTERM) -> None:
+        """`signum` to the main process (SIGTERM or SIGUSR1: the agent's signal to save and exit;
+        torchrun passes it on), SIGCONT to the group so a stopped process sees it, SIGKILL after
+        `grace` seconds."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self._signal_group(signal.SIGCONT)
+            self.proc.send_signal(signum)
+            self.sent = self.sent or signum
+            self._signal_tree(signal.SIGCONT)
         if not self.stopping:
             self.stopping = True
             self.kill_at = time.monotonic() + grace
 
     def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
+        self._signal_tree(signal.SIGKILL)
         self.stopping = True
         self.kill_at = None
 
@@ -200,17 +312,47 @@ class _Job:
         except OSError:  # no member left (ESRCH), or not ours any more
             pass
 
+    def _signal_tree(self, signum: int) -> None:
+        """`signum` to the group and to every process below the main one: torchrun starts each rank
+        in a session of its own, which the group's signal does not reach. A rank left alive by a
+        SIGKILL to torchrun alone would hold its GPU into the next attempt."""
+        below = descendants(_parents(), self.pid)  # before the group's signal: orphans cannot be found
+        self._signal_group(signum)
+        for pid in below:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+
+def _parents() -> dict[int, int]:
+    """Each process's parent, from /proc (Linux); empty where it cannot be read."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return parents
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()  # the name, in parentheses, may hold spaces
+                parents[int(entry)] = int(fields[1])
+            except (OSError, IndexError, ValueError):  # ended meanwhile
+                pass
+    return parents
+
 
 class _Signals:
-    """SIGINT and SIGTERM received while the launcher runs; the handler only notes them and the
-    supervising loop acts, so no store write or kill happens inside a handler."""
+    """SIGINT, SIGTERM and SIGUSR1 received while the launcher runs; the handler only notes them and
+    the supervising loop acts, so no store write or kill happens inside a handler."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Signals":
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
@@ -227,8 +369,14 @@ class _Launcher:
     """Starts the job, watches it, restarts it; reports through the run's store and stderr."""
 
     def __init__(self, args: argparse.Namespace, command: list[str], run_dir: Path, store: Store,
-                 settings: DetectorSettings) -> None:
+                 settings: DetectorSettings, *, argv: list[str] | None = None, forwards_usr1: bool = False) -> None:
         self.command = command
+        """The user's command."""
+        self.argv = argv or command
+        """What is started: the command, or torchrun running it in --nproc-per-node ranks."""
+        self.nproc: int | None = args.nproc_per_node
+        self.grouped = self.nproc is not None
+        self.forwards_usr1 = forwards_usr1
         self.run_dir = run_dir
         self.store = store
         self.max_restarts: int = args.max_restarts
@@ -239,48 +387,60 @@ class _Launcher:
         self.signals = _Signals()
 
     def run(self) -> int:
-        restarts, streak = 0, 0
         with self.signals:
-            while True:
-                try:
-                    job = self._start(restarts)
-                except OSError as exc:  # vanished, or lost its permissions, since the first start
-                    self._event("job_not_started", "error", f"cannot start {self.command[0]}: {exc.strerror or exc}")
-                    return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
-                ending = self._watch(job)
-                status = exit_status(ending.returncode)
-                outcome = verdict(ending.returncode, stopped=ending.stopped, hung=ending.hung,
-                                  restarts=restarts, max_restarts=self.max_restarts)
-                self._mark_ended(job)
-                if outcome != "restart":
-                    self._report_end(ending, outcome, restarts)
-                    return status
-                streak = next_streak(streak, ending.ran_s)
-                delay = backoff_delay(streak, self.backoff)
-                streak += 1
-                restarts += 1
-                self._event("job_exited", "warning",
-                            f"job {self._how(ending)}; restarting in {delay:g}s (restart {restarts} of {self.max_restarts})",
-                            exit_code=status, hung=ending.hung, ran_s=round(ending.ran_s, 1), delay_s=delay)
-                if not self._sleep(delay):
-                    self._event("job_not_restarted", "warning",
-                                f"{self._signal_name()} received while waiting to restart: not restarting",
-                                exit_code=status)
-                    return status
+            status = self._supervise()
+            if PREEMPT_SIGNAL in self.signals.received:  # handlers still ours: a second SIGUSR1 is only noted
+                self._requeue()
+            return status
+
+    def _supervise(self) -> int:
+        """Start and restart the job; the launcher's exit status."""
+        restarts, streak = 0, 0
+        while True:
+            try:
+                job = self._start(restarts)
+            except OSError as exc:  # vanished, or lost its permissions, since the first start
+                self._event("job_not_started", "error", f"cannot start {self.argv[0]}: {exc.strerror or exc}")
+                return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
+            ending = self._watch(job)
+            status = stopped_status(ending.returncode, ending.sent, grouped=self.grouped)
+            outcome = verdict(ending.returncode, stopped=ending.stopped, hung=ending.hung,
+                              restarts=restarts, max_restarts=self.max_restarts)
+            self._mark_ended(job)
+            if outcome != "restart":
+                self._report_end(ending, outcome, restarts, status)
+                return status
+            streak = next_streak(streak, ending.ran_s)
+            delay = backoff_delay(streak, self.backoff)
+            streak += 1
+            restarts += 1
+            self._event("job_exited", "warning",
+                        f"job {self._how(ending)}; restarting in {delay:g}s (restart {restarts} of {self.max_restarts})",
+                        exit_code=status, hung=ending.hung, ran_s=round(ending.ran_s, 1), delay_s=delay)
+            if not self._sleep(delay):
+                self._event("job_not_restarted", "warning",
+                            f"{self._signal_name()} received while waiting to restart: not restarting",
+                            exit_code=status)
+                return status
 
     # ----------------------------------------------------------- attempts
     def _start(self, restarts: int) -> _Job:
         if restarts:
             self._reload_settings()
-        job = _Job(self.command, {**os.environ, ENV_RUN_DIR: str(self.run_dir), ENV_RESTART_COUNT: str(restarts)})
+        env = {**os.environ, ENV_RUN_DIR: str(self.run_dir), ENV_RESTART_COUNT: str(restarts)}
+        if self.grouped:  # torchrun SIGKILLs ranks that outlast its shutdown timeout: give them the grace
+            env.setdefault(ENV_SHUTDOWN_TIMEOUT, str(math.ceil(self.grace)))
+        job = _Job(self.argv, env, grouped=self.grouped)
         shown = shlex.join(self.command).replace("\n", "\\n")  # one line per event, whatever the command
+        ranks = f", {self.nproc} rank{'s' if self.nproc != 1 else ''} under torchrun" if self.grouped else ""
         if restarts:
             self._event("job_restarted", "warning",
-                        f"restarted the job (restart {restarts} of {self.max_restarts}, pid {job.pid}): {shown}",
-                        pid=job.pid, restart=restarts, command=self.command)
+                        f"restarted the job (restart {restarts} of {self.max_restarts}, pid {job.pid}{ranks}): {shown}",
+                        pid=job.pid, restart=restarts, command=self.command, nproc_per_node=self.nproc)
         else:
-            self._event("job_started", "info", f"started the job (pid {job.pid}) in {self.run_dir}: {shown}",
-                        pid=job.pid, command=self.command, max_restarts=self.max_restarts)
+            self._event("job_started", "info", f"started the job (pid {job.pid}{ranks}) in {self.run_dir}: {shown}",
+                        pid=job.pid, command=self.command, argv=self.argv, nproc_per_node=self.nproc,
+                        max_restarts=self.max_restarts)
         return job
 
     def _watch(self, job: _Job) -> Ending:
@@ -303,9 +463,10 @@ class _Launcher:
                 self._on_stop_signal(job, handled)
             elif job.kill_at is not None and now >= job.kill_at:
                 job.kill()
+                sent = signal.Signals(job.sent or signal.SIGTERM).name
                 self._event("job_killed", "warning",
-                            f"job did not exit within {self.grace:g}s of SIGTERM: sent SIGKILL to its process group",
-                            pid=job.pid)
+                            f"job did not exit within {self.grace:g}s of {sent}: sent SIGKILL to its process group"
+                            f"{' and every process below torchrun' if self.grouped else ''}", pid=job.pid)
             elif not job.stopping and now >= next_check:
                 next_check = now + LIVENESS_INTERVAL_S
                 finding = self._hung(detectors, job)
@@ -317,7 +478,7 @@ class _Launcher:
                                 pid=job.pid, finding=finding.model_dump())
             time.sleep(POLL_S)
         job.end_leftovers()
-        return Ending(code, stopped=bool(self.signals.received), hung=hung, ran_s=job.ran_s)
+        return Ending(code, stopped=bool(self.signals.received), hung=hung, ran_s=job.ran_s, sent=job.sent)
 
     def _on_stop_signal(self, job: _Job, count: int) -> None:
         name = self._signal_name()
@@ -325,11 +486,15 @@ class _Launcher:
             self._event("stop_requested", "warning", f"{name} received: the job is being stopped already; "
                         "no restart follows. Send it again to kill the job now", pid=job.pid, signal=name)
         elif count == 1:
-            job.stop(self.grace)
+            sent = forwarded_signal(self.signals.received[-1], grouped=self.grouped, forwards_usr1=self.forwards_usr1)
+            job.stop(self.grace, sent)
+            to = "torchrun, which passes it on to every rank" if self.grouped else "the job"
+            if sent != self.signals.received[-1] == PREEMPT_SIGNAL:
+                to += " (this torch's torchrun cannot pass SIGUSR1 on)"
             self._event("stop_requested", "warning",
-                        f"{name} received: sent SIGTERM to the job (it saves a checkpoint and exits), SIGKILL in "
-                        f"{self.grace:g}s if still there; no restart follows. Send it again to kill the job now",
-                        pid=job.pid, signal=name)
+                        f"{name} received: sent {signal.Signals(sent).name} to {to} (the agent saves a checkpoint "
+                        f"and exits), SIGKILL in {self.grace:g}s if still there; no restart follows. Send it again "
+                        "to kill the job now", pid=job.pid, signal=name, sent=signal.Signals(sent).name)
         else:
             job.kill()
             self._event("job_killed", "warning", f"{name} received again: sent SIGKILL to the job's process group",
@@ -367,12 +532,11 @@ class _Launcher:
         except (StoreError, sqlite3.Error):
             pass
 
-    def _report_end(self, ending: Ending, outcome: Verdict, restarts: int) -> None:
-        status = exit_status(ending.returncode)
+    def _report_end(self, ending: Ending, outcome: Verdict, restarts: int, status: int) -> None:
         if outcome == "finished":
             self._event("job_exited", "info", "job finished (exit code 0)", exit_code=0, ran_s=round(ending.ran_s, 1))
         elif outcome == "stopped":
-            self._event("job_exited", "info" if status in (0, 128 + signal.SIGTERM) else "warning",
+            self._event("job_exited", "info" if status in (0, 128 + signal.SIGTERM, 128 + PREEMPT_SIGNAL) else "warning",
                         f"job {self._how(ending)} after the stop request; not restarting", exit_code=status)
         else:
             self._event("job_exited", "error", f"job {self._how(ending)}", exit_code=status)
@@ -380,9 +544,37 @@ class _Launcher:
                         f"giving up after {restarts} restart{'s' if restarts != 1 else ''} (--max-restarts "
                         f"{self.max_restarts}): exiting with the job's status {status}", exit_code=status)
 
-    @staticmethod
-    def _how(ending: Ending) -> str:
-        return ("was hung and ended: " if ending.hung else "ended: ") + describe_exit(ending.returncode)
+    def _how(self, ending: Ending) -> str:
+        how = describe_exit(ending.returncode)
+        status = stopped_status(ending.returncode, ending.sent, grouped=self.grouped)
+        if status != exit_status(ending.returncode) and ending.sent is not None:
+            how = f"torchrun ended with {how} after passing {signal.Signals(ending.sent).name} on (exit status {status})"
+        return ("was hung and ended: " if ending.hung else "ended: ") + how
+
+    def _requeue(self) -> None:
+        """`scontrol requeue $SLURM_JOB_ID` after a preemption warning, so that Slurm starts the job
+        again later and it resumes from its checkpoint. Once; a failure is an event, not an error."""
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if not job_id:
+            return
+        scontrol = shutil.which("scontrol")
+        if scontrol is None:
+            self._event("requeue_failed", "error", f"cannot requeue Slurm job {job_id}: no scontrol on PATH",
+                        slurm_job_id=job_id)
+            return
+        try:
+            done = subprocess.run([scontrol, "requeue", job_id], stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._event("requeue_failed", "error", f"cannot requeue Slurm job {job_id}: {exc}", slurm_job_id=job_id)
+            return
+        if done.returncode != 0:
+            why = (done.stderr.strip() or done.stdout.strip() or describe_exit(done.returncode)).splitlines()[-1]
+            self._event("requeue_failed", "error", f"scontrol requeue {job_id} failed: {why}", slurm_job_id=job_id,
+                        exit_code=exit_status(done.returncode))
+        else:
+            self._event("requeued", "info", f"requeued Slurm job {job_id} (scontrol requeue {job_id}): when it "
+                        "starts again, it resumes from its newest checkpoint", slurm_job_id=job_id)
 
     # --------------------------------------------------------------- I/O
     def _reload_settings(self) -> None:
@@ -413,6 +605,17 @@ class _Launcher:
     @staticmethod
     def _say(message: str) -> None:
         print(f"trainwarden run: {message}", file=sys.stderr, flush=True)
+
+
+def _torchrun_forwards_usr1() -> bool:
+    """Whether the torch installed with this interpreter (the one torchrun runs under) has torchrun's
+    --signals-to-handle (torch 2.9 on). Read from its source, not by importing torch, which takes
+    seconds; where it cannot be read, the old way (SIGTERM) is taken."""
+    try:
+        source = importlib.metadata.distribution("torch").locate_file("torch/distributed/run.py")
+        return "--signals-to-handle" in Path(str(source)).read_text(encoding="utf-8")
+    except (importlib.metadata.PackageNotFoundError, OSError, UnicodeDecodeError):
+        return False
 
 
 # ---------------------------------------------------------------- run folder
@@ -473,6 +676,17 @@ def _not_negative(text: str) -> float:
     return _seconds(text, zero_ok=True)
 
 
+def _ranks(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `run` verb to the command line."""
     doc = __doc__.split("\n\n", 2)
@@ -491,7 +705,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backoff", type=_positive, default=1.0, metavar="S",
                    help="delay before the first restart; doubles at each restart in a row, up to 60 (default 1)")
     p.add_argument("--kill-grace", type=_not_negative, default=30.0, metavar="S",
-                   help="seconds between SIGTERM and SIGKILL when stopping the job (default 30)")
+                   help="seconds between SIGTERM (or SIGUSR1) and SIGKILL when stopping the job (default 30)")
+    p.add_argument("--nproc-per-node", type=_ranks, metavar="N",
+                   help="run the job in N ranks under torchrun (--standalone); a failed rank restarts them all")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the training command, after --")
     p.set_defaults(func=cmd_run)
 
@@ -502,7 +718,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise CliError("no command to run: give it after --, e.g. `trainwarden run -- python train.py`")
-    problem = program_problem(command[0])
+    argv, forwards_usr1 = command, False
+    if args.nproc_per_node is None:
+        problem = program_problem(command[0])
+    else:
+        try:
+            target = torchrun_target(command)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        problem = group_problem(target)
+        forwards_usr1 = _torchrun_forwards_usr1()
+        argv = torchrun_argv(args.nproc_per_node, command, python=sys.executable, forwards_usr1=forwards_usr1)
     if problem is not None:
         print(f"trainwarden: error: {problem[1]}", file=sys.stderr)
         return problem[0]
@@ -512,4 +738,4 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         raise CliError(str(exc)) from None
     with _open_run(run_dir) as store:
-        return _Launcher(args, command, run_dir, store, settings).run()
+        return _Launcher(args, command, run_dir, store, settings, argv=argv, forwards_usr1=forwards_usr1).run()
