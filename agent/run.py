@@ -41,6 +41,10 @@ log = logging.getLogger("trainwarden.agent")
 ENV_RUN_DIR = "TRAINWARDEN_RUN_DIR"
 from . import __version__ as VERSION
 _SIGNALS = ("SIGTERM", "SIGUSR1")
+SHARED_CHECK_S = 35.0
+"""How long a rank waits to see rank 0's probe file in the checkpoints folder before concluding
+that it is not shared (NFS's default attribute cache keeps a directory listing up to 30 s);
+$TRAINWARDEN_SHARED_CHECK_S overrides it."""
 
 
 class AttachError(StoreError):
@@ -109,6 +113,8 @@ class Run:
                 failure = AttachError(f"rank 0 could not attach: {reason}")
         if failure is not None:
             raise failure
+        if self._group is not None:
+            self._check_shared_checkpoints()
         self._lr = LRControl(optimizer, multiplier)
 
         self._buf: list[Any] = []  # this window's losses: floats, or detached device tensors
@@ -174,6 +180,34 @@ class Run:
         except Exception as exc:
             store.close()
             raise AttachError(f"cannot attach to {run_dir}: {exc}") from None
+
+    def _check_shared_checkpoints(self) -> None:
+        """Every rank must see the checkpoints folder rank 0 writes (on several nodes: shared
+        storage), or sharded checkpoints would be missing the shards of other nodes and a rollback
+        could not load on them. Rank 0 leaves a file there and every rank looks for it."""
+        assert self._group is not None
+        folder = self.run_dir / "checkpoints"
+        name = f".shared-{os.getpid()}-{time.time_ns()}" if self._leader else None
+        if self._leader:
+            (folder / str(name)).touch()
+        name = self._group.from_leader(name)
+        deadline = time.monotonic() + float(os.environ.get("TRAINWARDEN_SHARED_CHECK_S", SHARED_CHECK_S))
+        while not (seen := (folder / name).exists()) and time.monotonic() < deadline:
+            time.sleep(0.5)  # NFS may take its attribute-cache time to show a new file
+        blind = [(rank, host) for rank, host in enumerate(self._group.exchange(None if seen else socket.gethostname()))
+                 if host is not None]
+        if self._leader:
+            (folder / name).unlink(missing_ok=True)
+        if blind:
+            rank, host = blind[0]
+            message = (f"rank {rank} (host {host}) does not see {folder} as rank 0 writes it: checkpoints of a job on "
+                       "several nodes must be on storage every node shares (a symlinked checkpoints/ folder; see "
+                       "docs/operations.md)")
+            if self._store is not None:
+                self._store.add_event("attach_refused", "error", message)
+                self._store.update_run(status="crashed", ended_at=time.time())
+                self._store.close()
+            raise AttachError(message)
 
     # ------------------------------------------------------------------ public
     @property

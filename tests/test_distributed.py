@@ -216,3 +216,40 @@ def test_the_daemon_rolls_back_a_two_rank_run_after_a_real_rebound(tmp_path: Pat
     got = assert_ranks_agree(rep)  # the same rollbacks and LR cuts, at the same steps, on both ranks
     kinds = [k for _, k, _ in got[0]["applied"]]
     assert "rollback" in kinds and "scale_lr" in kinds
+
+
+NODE_LOCAL_JOB = """
+import sys, torch, torch.distributed as dist
+import trainwarden.agent as tw
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = torch.nn.Linear(2, 1)
+# Each rank its own folder: as if every node had the run folder on its local disk.
+folder = sys.argv[1] + (f"/node{rank}" if sys.argv[2] == "separate" else "") + "/run"
+try:
+    run = tw.attach(folder, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+except tw.AttachError as exc:
+    print(f"rank {rank}: {exc}", flush=True)
+    sys.exit(3)
+run.close()
+print(f"rank {rank}: attached", flush=True)
+"""
+
+
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_ranks_that_cannot_see_rank_0s_checkpoints_folder_are_refused_at_attach(tmp_path: Path, layout: str) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(NODE_LOCAL_JOB)
+    env = {**ENV, "TRAINWARDEN_SHARED_CHECK_S": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path), layout], capture_output=True, text=True, env=env, timeout=120)
+    if layout == "shared":
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "rank 1: attached" in done.stdout
+        return
+    assert done.returncode != 0
+    assert "rank 1 (host" in done.stdout and "storage every node shares" in done.stdout
+    with Store.open(tmp_path / "node0" / "run") as s:
+        assert s.run().status == "crashed"
+        assert [e.kind for e in s.events()][-1] == "attach_refused"
+    assert not (tmp_path / "node1" / "run" / "trainwarden.db").exists()  # rank 1 wrote no store
