@@ -76,7 +76,7 @@ def windows_are_unique(run: Path) -> None:
 
 def test_ddp_run_records_saves_and_applies_commands_on_every_rank_at_the_same_step(tmp_path: Path) -> None:
     run, rep = tmp_path / "ddp", tmp_path / "rep"
-    proc = torchrun("trainwarden.examples.train_ddp", "--run-dir", run, "--steps", 1400, "--step-delay", 0.004,
+    proc = torchrun("trainwarden.examples.train_ddp", "--run-dir", run, "--steps", 1000, "--step-delay", 0.004,
                     "--report", rep)
     wait_for(lambda: store_step(run) >= 300, what="the DDP run to pass step 300")
     lr = cli("lr", run, "2e-4", "--timeout", "30")
@@ -90,7 +90,7 @@ def test_ddp_run_records_saves_and_applies_commands_on_every_rank_at_the_same_st
     got = assert_ranks_agree(rep)
     kinds = [kind for _, kind, _ in got[0]["applied"]]
     assert kinds == ["set_lr", "rollback"]
-    assert got[0]["step"] == 1400
+    assert got[0]["step"] == 1000
     with Store.open(run) as s:
         info = s.run()
         assert info.pid == int((rep / "pid-0").read_text())  # rank 0's process owns the run row
@@ -108,9 +108,10 @@ def test_ddp_run_records_saves_and_applies_commands_on_every_rank_at_the_same_st
 def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: Path) -> None:
     run, rep = tmp_path / "fsdp", tmp_path / "rep"
     # Both timeouts (the job's process group and trainwarden's) far shorter than the pause below.
-    proc = torchrun("trainwarden.examples.train_fsdp", "--run-dir", run, "--steps", 900, "--step-delay", 0.004,
-                    "--report", rep, "--dist-timeout", 3)
-    wait_for(lambda: store_step(run) >= 200, what="the FSDP run to pass step 200")
+    # FSDP on CPUs is slow enough (~30 ms a step on 2 cores) without --step-delay.
+    proc = torchrun("trainwarden.examples.train_fsdp", "--run-dir", run, "--steps", 300, "--window", 25,
+                    "--val-every", 100, "--report", rep, "--dist-timeout", 3)
+    wait_for(lambda: store_step(run) >= 100, what="the FSDP run to pass step 100")
     assert cli("pause", run, "--timeout", "30").returncode == 0
     time.sleep(7)  # more than twice the timeouts: nobody may time out while paused
     with Store.open(run) as s:
@@ -147,7 +148,7 @@ def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with tw.attach(run, model=model, optimizer=optimizer, distributed_checkpoint=True,
                    config=tw.AgentConfig(handle_signals=False)) as again:
-        assert again.resume() == 900
+        assert again.resume() == 300
         for _ in range(20):
             loss = model(torch.randn(8, 32)).pow(2).mean()
             optimizer.zero_grad()
@@ -156,7 +157,7 @@ def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: 
             again.record(loss)
     with Store.open(run) as s:
         final = max(s.checkpoints(["ready"]), key=lambda c: c.id)
-        assert final.step == 920 and final.kind == "final"
+        assert final.step == 320 and final.kind == "final"
 
 
 def launch(root: Path, name: str, *job: object, restarts: int = 2) -> subprocess.Popen[str]:
@@ -236,17 +237,14 @@ print(f"rank {rank}: attached", flush=True)
 """
 
 
-@pytest.mark.parametrize("layout", ["shared", "separate"])
-def test_ranks_that_cannot_see_rank_0s_checkpoints_folder_are_refused_at_attach(tmp_path: Path, layout: str) -> None:
+def test_ranks_that_cannot_see_rank_0s_checkpoints_folder_are_refused_at_attach(tmp_path: Path) -> None:
+    """(The shared case, one node, is every other test here.)"""
     script = tmp_path / "job.py"
     script.write_text(NODE_LOCAL_JOB)
     env = {**ENV, "TRAINWARDEN_SHARED_CHECK_S": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(tmp_path), layout], capture_output=True, text=True, env=env, timeout=120)
-    if layout == "shared":
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "rank 1: attached" in done.stdout
-        return
+                           str(script), str(tmp_path), "separate"], capture_output=True, text=True, env=env,
+                          timeout=120)
     assert done.returncode != 0
     assert "rank 1 (host" in done.stdout and "storage every node shares" in done.stdout
     with Store.open(tmp_path / "node0" / "run") as s:
