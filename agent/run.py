@@ -521,7 +521,8 @@ class Run:
             state.update(format=ck.FORMAT, version=ck.FORMAT_VERSION, rng=ck.capture_rng(), **common)
             if rngs is not None:
                 state["rng_ranks"] = rngs
-            self._checkpointer.submit(SaveJob(state, self.step, self._branch, loss, kind, time.perf_counter() - t0, command))
+            self._checkpointer.submit(SaveJob(state, self.step, self._branch, loss, kind, time.perf_counter() - t0,
+                                              command, time.monotonic()))
         if wait:
             self._checkpointer.idle.wait()
 
@@ -548,11 +549,17 @@ class Run:
         except Exception as exc:  # e.g. an unwritable folder: training goes on, as for a file
             future = _Failed(exc)
         self._checkpointer.submit(SaveJob({}, self.step, self._branch, loss, kind, time.perf_counter() - t0,
-                                          command, future, ckpt_id, rel))
+                                          command, time.monotonic(), future, ckpt_id, rel))
 
     def _on_saved(self, job: SaveJob, ckpt_id: int | None, writer_cpu_s: float, error: str | None) -> None:
         """Called on the checkpoint thread when a save finished (or failed)."""
         if error is None:
+            if self._group is not None or self._sharded:
+                # The write's wall time, not the writer's CPU time: a sharded write runs on DCP's
+                # threads (their CPU is not measured here), and in a distributed job whatever slows
+                # rank 0 while it writes (GIL hand-offs, a core shared with a rank) holds every rank.
+                # With CPU time, saves cost a 2-rank DDP job 2-3x their share (distributed_overhead.py).
+                writer_cpu_s = time.monotonic() - job.submitted_at
             self._save_cost_s = job.stall_s + writer_cpu_s
         else:
             self._best_loss = min((c.loss for c in ck.best_first(self._checkpointer_ready())), default=None)

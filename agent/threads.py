@@ -149,6 +149,8 @@ class SaveJob:
     """Seconds the training thread spent taking the snapshot."""
     command: CommandInfo | None = None
     """The `save` command to acknowledge once the file is ready (or failed)."""
+    submitted_at: float = 0.0
+    """time.monotonic() when the training thread handed it over (for the write's wall time)."""
     future: Any = None
     """Sharded checkpoints: DCP's future for this rank's write (`state` is then empty)."""
     ckpt_id: int | None = None

@@ -45,9 +45,11 @@ def slowest(seconds: float) -> float:
     return float(t.item())
 
 
-def loop(args: argparse.Namespace, run_dir: Path | None, device: torch.device, saves: bool = True) -> float:
-    """Steps/s of train_ddp.py's loop, under the agent when `run_dir` is given (with automatic
-    checkpoints when `saves`)."""
+def loop(args: argparse.Namespace, run_dir: Path | None, device: torch.device, saves: bool = True) -> tuple[float, float]:
+    """(steps/s, share of the loop's time spent inside record() on the slowest rank) of
+    train_ddp.py's loop, under the agent when `run_dir` is given (with automatic checkpoints when
+    `saves`). The share is the agent's direct cost (exchanges and save stalls included), a figure
+    the machine's noise touches far less than steps/s."""
     import trainwarden.agent as tw
     from trainwarden.examples.train_mlp import make_data, warmup_cosine
 
@@ -64,6 +66,7 @@ def loop(args: argparse.Namespace, run_dir: Path | None, device: torch.device, s
         run = tw.attach(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
         run.resume()
     dist.barrier(group=CPU_GROUP)
+    inside = 0.0
     t0 = time.perf_counter()
     for _ in range(args.steps):
         idx = torch.randint(0, x.shape[0], (args.batch,), device=device)
@@ -73,13 +76,17 @@ def loop(args: argparse.Namespace, run_dir: Path | None, device: torch.device, s
         optimizer.step()
         scheduler.step()
         if run is not None:
+            t = time.perf_counter()
             run.record(loss)
+            inside += time.perf_counter() - t
     if device.type == "cuda":
         torch.cuda.synchronize()
-    elapsed = slowest(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    share = slowest(inside / elapsed)
+    elapsed = slowest(elapsed)
     if run is not None:
         run.close()
-    return args.steps / elapsed
+    return args.steps / elapsed, share
 
 
 def checkpoints(args: argparse.Namespace, work: Path, device: torch.device) -> tuple[list[float], list[float], int]:
@@ -155,15 +162,18 @@ def worker(args: argparse.Namespace) -> None:
     work = Path(args.dir)
     rank = dist.get_rank()
     rates: dict[str, list[float]] = {"A": [], "B": [], "C": []}
+    inside: dict[str, list[float]] = {"A": [], "B": [], "C": []}
     for name in rates:  # warm-up
         loop(args, work / f"warm-up-{name}" if name != "A" else None, device, name == "B")
     for i in range(args.rounds):
         for name in (("A", "B", "C") if i % 2 == 0 else ("C", "B", "A")):
-            rates[name].append(loop(args, work / f"run-{i}-{name}" if name != "A" else None, device, name == "B"))
+            rate, share = loop(args, work / f"run-{i}-{name}" if name != "A" else None, device, name == "B")
+            rates[name].append(rate)
+            inside[name].append(share)
     blocked, sync, nbytes = checkpoints(args, work, device)
     if rank == 0:
         (work / "result.json").write_text(json.dumps({
-            "rates": rates, "blocked": blocked, "sync": sync, "bytes": nbytes, "world": dist.get_world_size(),
+            "rates": rates, "inside": inside, "blocked": blocked, "sync": sync, "bytes": nbytes, "world": dist.get_world_size(),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
             "backend": dist.get_backend()}))
     dist.barrier(group=CPU_GROUP)
@@ -188,7 +198,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds, args.width, args.saves = 300, 1, 256, 2
+        args.steps, args.rounds, args.width, args.saves = 150, 1, 256, 2
     if args.worker:
         worker(args)
         return
@@ -213,11 +223,14 @@ def main() -> None:
           f"{args.steps} steps, batch {args.batch} per rank, hidden {args.hidden}")
     print()
     paired = lambda xs: f"{median([1 - x / y for y, x in zip(a, xs)]):+.2%}"  # noqa: E731  (round by round)
-    print(table(["loop", "median steps/s", "range", "slowdown vs A (medians)", "median per-round slowdown"], [
-        ["plain DDP (A)", f"{median(a):.0f}", spread(a), "-", "-"],
-        ["DDP under the agent (B)", f"{median(b):.0f}", spread(b), f"{1 - median(b) / median(a):+.2%}", paired(b)],
+    inside = result["inside"]
+    print(table(["loop", "median steps/s", "range", "slowdown vs A (medians)", "median per-round slowdown",
+                 "time inside record()"], [
+        ["plain DDP (A)", f"{median(a):.0f}", spread(a), "-", "-", "-"],
+        ["DDP under the agent (B)", f"{median(b):.0f}", spread(b), f"{1 - median(b) / median(a):+.2%}", paired(b),
+         f"{median(inside['B']):.2%}"],
         ["agent, no automatic checkpoints (C)", f"{median(c):.0f}", spread(c), f"{1 - median(c) / median(a):+.2%}",
-         paired(c)],
+         paired(c), f"{median(inside['C']):.2%}"],
     ]))
     blocked, sync = result["blocked"], result["sync"]
     ratio = median(blocked) / median(sync)
