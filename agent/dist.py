@@ -49,6 +49,14 @@ class Group:
         dist.broadcast_object_list(box, src=0, group=self.sync)
         return box[0]
 
+    def close(self) -> None:
+        """Destroy trainwarden's groups (a job that attaches again makes new ones; none may leak)."""
+        for group in (self.sync, self.checkpoint):
+            try:
+                dist.destroy_process_group(group)
+            except Exception:  # the default group went first: ours went with it
+                pass
+
     def all_agree(self, ok: bool) -> bool:
         """True when `ok` is true on every rank."""
         return all(self.exchange(bool(ok)))

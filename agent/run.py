@@ -885,6 +885,8 @@ class Run:
             self._writer.stop()
             if self._stager is not None:
                 self._stager.close()
+            if self._group is not None:
+                self._group.close()
             self._lr.remove()
             for signum, handler in self._previous.items():
                 try:
