@@ -251,3 +251,32 @@ def test_ranks_that_cannot_see_rank_0s_checkpoints_folder_are_refused_at_attach(
         assert s.run().status == "crashed"
         assert [e.kind for e in s.events()][-1] == "attach_refused"
     assert not (tmp_path / "node1" / "run" / "trainwarden.db").exists()  # rank 1 wrote no store
+
+
+MEAN_JOB = """
+import sys, torch, torch.distributed as dist
+import trainwarden.agent as tw
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = torch.nn.Linear(2, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for mode in ("mean", "rank0"):
+    config = tw.AgentConfig(window=10, loss_across_ranks=mode, save_on_close=False, save_every_steps=10**9)
+    run = tw.attach(f"{sys.argv[1]}/{mode}", model=model, optimizer=opt, config=config)
+    for step in range(25):  # two full windows and a partial one, flushed by close()
+        run.record(float(rank + 1) * (step + 1))
+    run.close()
+dist.destroy_process_group()
+"""
+
+
+def test_the_store_shows_rank_0s_loss_or_the_mean_over_ranks(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(MEAN_JOB)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for mode, scale in (("mean", 1.5), ("rank0", 1.0)):  # rank r records (r + 1) * step
+        with Store.open(tmp_path / mode) as s:
+            losses = [loss for _, _, loss in s.history()]
+        assert losses == pytest.approx([scale * (step + 1) for step in range(25)]), mode
