@@ -261,33 +261,40 @@ class Supervisor:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # e.g. under a service's read-only sandbox: say which root, and stop
                 raise SupervisorError(f"cannot create root {root}: {exc.strerror or exc}") from None
+        scheduler = BlockingScheduler()
+        self._scheduler = scheduler
+        stopped_early = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopped_early
+            log.info("stopping (signal %d)", signum)
+            self.notifier.stopping()
+            if scheduler.running:
+                scheduler.shutdown(wait=True)  # let a running tick finish its transaction
+            else:  # before the scheduler started: do not start it
+                stopped_early = True
+
+        def hup(signum: int, frame: FrameType | None) -> None:
+            self._reload = True
+
+        # Before anything is logged: a signal sent as soon as "watching" shows must find its handler.
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
         log.info("trainwarden supervise: roots %s; policy %s: %s", ", ".join(map(str, self.roots)),
                  self.policy_path or "(defaults)", policy_summary(self.policy))
         self._watch_roots()
         self.rescan()
-        scheduler = BlockingScheduler()
         scheduler.add_job(self.tick, "interval", seconds=self.tick_s, max_instances=1, coalesce=True,
                           next_run_time=_now_dt(), id="tick")
         scheduler.add_job(self.rescan, "interval", seconds=self.rescan_s, max_instances=1, coalesce=True, id="rescan")
         if self.notifier.watchdog_interval_s:
             scheduler.add_job(self.feed_watchdog, "interval", seconds=self.notifier.watchdog_interval_s,
                               max_instances=1, coalesce=True, id="watchdog")
-        self._scheduler = scheduler
-
-        def stop(signum: int, frame: FrameType | None) -> None:
-            log.info("stopping (signal %d)", signum)
-            self.notifier.stopping()
-            scheduler.shutdown(wait=True)  # let a running tick finish its transaction
-
-        def hup(signum: int, frame: FrameType | None) -> None:
-            self._reload = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, hup)
         self.notifier.ready(self.status_line())  # the roots are watched; the first tick runs now
         try:
-            scheduler.start()
+            if not stopped_early:
+                scheduler.start()
         finally:
             for observer in self._observers:
                 observer.stop()  # type: ignore[attr-defined]
