@@ -439,7 +439,13 @@ class Run:
         plan = got[0]["plan"]
         if plan["save"]:
             self._save(None, wait=False, loss=stats["mean"] if stats and stats["nonfinite"] == 0 else None)
-        for entry in plan["commands"]:
+        self._obey(got)
+        if self._paused:
+            self._pause_loop()
+
+    def _obey(self, got: list[dict[str, Any]]) -> None:
+        """Apply the plan's commands, then act on a signal any rank reported (it exits)."""
+        for entry in got[0]["plan"]["commands"]:
             self._plan_entry = entry
             self._apply(entry["cmd"])
         self._plan_entry = {}
@@ -447,8 +453,6 @@ class Run:
         if signum is not None:
             self._signal = signum
             self._on_signal_at_boundary()
-        if self._paused:
-            self._pause_loop()
 
     def _drain_inbox(self) -> list[dict[str, Any]]:
         """Rank 0: the pending commands as plan entries. A rollback's target is chosen and verified
@@ -793,15 +797,7 @@ class Run:
                 self._wake.wait(0.5)
                 self._wake.clear()
             plan = {"save": False, "commands": self._drain_inbox()} if self._leader else None
-            got = self._group.exchange({"signal": self._signal, "plan": plan, "losses": None})
-            for entry in got[0]["plan"]["commands"]:
-                self._plan_entry = entry
-                self._apply(entry["cmd"])
-            self._plan_entry = {}
-            signum = next((g["signal"] for g in got if g["signal"]), None)
-            if signum is not None:
-                self._signal = signum
-                self._on_signal_at_boundary()
+            self._obey(self._group.exchange({"signal": self._signal, "plan": plan, "losses": None}))
 
     def _flush_partial(self) -> None:
         if self._group is None:

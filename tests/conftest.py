@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -161,3 +162,39 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for d in started:
         d.stop()
+
+
+def launcher_events(run_dir: Path) -> list:
+    """The events `trainwarden run` wrote into a run's store."""
+    from trainwarden.agent.store import Store
+
+    with Store.open(run_dir) as s:
+        return [e for e in s.events() if e.source == "launcher"]
+
+
+def kinds(run_dir: Path) -> list[str]:
+    return [e.kind for e in launcher_events(run_dir)]
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start `trainwarden run` in the background (optionally with `env`); at the end, stop what is
+    left of it (two signals: the second makes the launcher SIGKILL its job's whole tree, which runs
+    apart from ours)."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(["trainwarden", "run", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

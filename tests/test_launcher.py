@@ -15,14 +15,12 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli, wait_for
+from conftest import cli, kinds, launcher_events, wait_for
 
 from trainwarden.agent.store import Store, StoreError
 from trainwarden.supervisor import launcher
@@ -35,15 +33,6 @@ FAST = ("--backoff", "0.1")
 
 def stdout_events(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-def launcher_events(run_dir: Path) -> list:
-    with Store.open(run_dir) as s:
-        return [e for e in s.events() if e.source == "launcher"]
-
-
-def kinds(run_dir: Path) -> list[str]:
-    return [e.kind for e in launcher_events(run_dir)]
 
 
 def kinds_so_far(run_dir: Path) -> list[str]:
@@ -59,29 +48,6 @@ def check_stderr(err: str) -> list[str]:
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and all(line.startswith("trainwarden run: ") for line in lines), err
     return lines
-
-
-@pytest.fixture
-def launch() -> Iterator:
-    """Start `trainwarden run` in the background; at the end, stop what is left of it (two signals:
-    the second makes the launcher SIGKILL its job's process group, which runs apart from ours)."""
-    started: list[subprocess.Popen] = []
-
-    def start(*args: object) -> subprocess.Popen:
-        proc = subprocess.Popen(["trainwarden", "run", *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if proc.poll() is None:
-                proc.send_signal(sig)
-                time.sleep(0.5)
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def run_info(run_dir: Path):

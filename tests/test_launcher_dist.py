@@ -13,16 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli, wait_for
+from conftest import cli, kinds, launcher_events, wait_for
 
-from trainwarden.agent.store import Store
 from trainwarden.supervisor.launcher import (
     TORCHRUN_SIGNALS, descendants, forwarded_signal, group_problem, stopped_status, torchrun_argv, torchrun_target,
 )
@@ -30,15 +26,6 @@ from trainwarden.supervisor.launcher import (
 HERE = Path(__file__).parent
 DIST_JOB = str(HERE / "dist_job.py")
 USR1 = signal.SIGUSR1
-
-
-def launcher_events(run_dir: Path) -> list:
-    with Store.open(run_dir) as s:
-        return [e for e in s.events() if e.source == "launcher"]
-
-
-def kinds(run_dir: Path) -> list[str]:
-    return [e.kind for e in launcher_events(run_dir)]
 
 
 def seen(out: Path) -> dict[tuple[int, int], dict]:
@@ -65,29 +52,6 @@ def slurm_env(scontrol_log: Path, job_id: str | None) -> dict[str, str]:
     if job_id is not None:
         env["SLURM_JOB_ID"] = job_id
     return env
-
-
-@pytest.fixture
-def launch() -> Iterator:
-    """Start `trainwarden run` in the background with an environment; at the end, SIGKILL what is
-    left of it through a second signal (the launcher then kills its job's whole tree)."""
-    started: list[subprocess.Popen] = []
-
-    def start(*args: object, env: dict[str, str]) -> subprocess.Popen:
-        proc = subprocess.Popen(["trainwarden", "run", *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if proc.poll() is None:
-                proc.send_signal(sig)
-                time.sleep(0.5)
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 # ------------------------------------------------------------ pure decisions
