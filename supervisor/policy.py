@@ -65,7 +65,8 @@ class Policy(_Model):
     at its end the remedy is judged (cured or a further cut)."""
     cure_ratio: float = Field(1.25, ge=1.0)
     """Cured when, after the cooldown, the loss level is at most this multiple of its level before
-    the onset; otherwise a further cut follows (rollback again, LR scaled again)."""
+    the onset (or of the rolled-back-to checkpoint's loss, if higher); otherwise a further cut
+    follows (rollback again, LR scaled again)."""
     max_interventions: int = Field(6, ge=1)
     """Interventions per run; the next one pauses the run and asks for a person instead."""
     act_within_s: float = Field(300.0, gt=0.0)
@@ -262,9 +263,25 @@ def decide(finding: Finding, policy: Policy, record: RunRecord, age_s: float = 0
     return Decision(mode=mode, actions=actions, reason=words)
 
 
-def cured(level_now: float, level_before: float, policy: Policy) -> bool:
-    """Whether the loss is back near where it was before the trouble (levels are loss values)."""
-    return level_now <= level_before * policy.cure_ratio
+def cure_reference(level_before: float, restored_loss: float | None) -> float:
+    """The level a remedy must bring the loss back near: the level before the onset, or the loss of
+    the checkpoint it rolled back to when that is higher.
+
+    A rollback restarts from a checkpoint taken `rollback_margin_steps` or more before the onset,
+    often at a higher loss than the run had reached just before it; with the LR cut, the run can
+    need far longer than the cooldown to come back below its pre-onset level. Judging against that
+    level alone made each further cut slow the run more (and so fail the next judgement), until the
+    budget was spent and a healthy run was paused.
+    """
+    if restored_loss is None or not math.isfinite(restored_loss):
+        return level_before
+    return max(level_before, restored_loss)
+
+
+def cured(level_now: float, reference: float, policy: Policy) -> bool:
+    """Whether the loss is back near where it was before the trouble (levels are loss values;
+    `reference` from `cure_reference`)."""
+    return level_now <= reference * policy.cure_ratio
 
 
 def policy_summary(policy: Policy) -> str:

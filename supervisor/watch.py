@@ -23,7 +23,9 @@ from .alerts import Alert
 from .detectors import (
     REBOUND_KINDS, Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed,
 )
-from .policy import CheckpointChoice, Decision, Policy, PolicyError, RunRecord, decide, with_run_overrides
+from .policy import (
+    CheckpointChoice, Decision, Policy, PolicyError, RunRecord, cure_reference, cured, decide, with_run_overrides,
+)
 
 ISSUER = "supervisor"
 SOURCE = "supervisor"
@@ -306,8 +308,8 @@ class RunWatch:
         level = self._det.current_level
         if self._last_step < end or level is None or self.run.branch != self._branch:
             return
-        before = iv.level_before
-        if level <= before * self._policy.cure_ratio:
+        before = cure_reference(iv.level_before, self._restored_loss(s, iv))
+        if cured(level, before, self._policy):
             with self._transaction(s):
                 s.update_intervention(iv.id, outcome="cured")
                 for done in todo:  # the chain of cuts is over: its rollback targets need no pin
@@ -315,19 +317,35 @@ class RunWatch:
                         if a["kind"] == "rollback":
                             s.set_pinned(a["args"]["target"], False)
                 self._event(s, "cured", "info",
-                            f"intervention {iv.id} cured the run: loss level {level:.4g} vs {before:.4g} before the onset",
+                            f"intervention {iv.id} cured the run: loss level {level:.4g} vs {self._words(before, iv)}",
                             step=self._last_step, data={"intervention": iv.id})
             return
         # One transaction with the further cut: a kill in between must not leave the outcome
         # written and the cut never made.
         with self._transaction(s):
-            s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {before:.4g} before the onset")
+            s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {self._words(before, iv)}")
             finding = Finding(
                 kind=iv.finding, onset=iv.onset, step=self._last_step, severity="error",
                 message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
-                         f"above {before:.4g} x {self._policy.cure_ratio:g} from before the onset at step {iv.onset}"),
+                         f"above {self._policy.cure_ratio:g} x {self._words(before, iv)}"),
                 data={"level_before": before, "level": level, "after": iv.id})
             self._handle(s, finding, now, key=f"cure:{iv.id}", note="not cured: a further cut")
+
+    @staticmethod
+    def _restored_loss(s: Store, iv: InterventionInfo) -> float | None:
+        """The loss of the checkpoint the intervention rolled back to (None without a rollback)."""
+        for a in iv.actions:
+            if a["kind"] == "rollback":
+                ckpt = s.checkpoint(a["args"]["target"])
+                return None if ckpt is None else ckpt.loss
+        return None
+
+    @staticmethod
+    def _words(reference: float, iv: InterventionInfo) -> str:
+        """What the cure was judged against, for the event."""
+        if reference == iv.level_before:
+            return f"{reference:.4g} before the onset at step {iv.onset}"
+        return f"{reference:.4g}, the loss of the checkpoint it rolled back to (higher than before the onset)"
 
     # ----------------------------------------------------------------- events
     def _event(self, s: Store, kind: str, severity: str, message: str, *, step: int | None = None,

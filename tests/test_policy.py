@@ -8,7 +8,8 @@ import pytest
 
 from trainwarden.supervisor.detectors import Finding
 from trainwarden.supervisor.policy import (
-    CheckpointChoice, Policy, PolicyError, RunRecord, decide, load_policy, rollback_target, with_run_overrides,
+    CheckpointChoice, Policy, PolicyError, RunRecord, cure_reference, cured, decide, load_policy, rollback_target,
+    with_run_overrides,
 )
 
 
@@ -152,3 +153,20 @@ def test_docs_policy_md_lists_every_field_with_its_default():
 
     missing = [(n, d) for n, d in walk(Policy) if f"| `{n}` | {'none' if d == 'none' else f'`{d}`'} |" not in doc]
     assert not missing, f"docs/policy.md lacks or misstates: {missing}"
+
+
+class TestCure:
+    def test_judged_against_the_level_before_the_onset(self) -> None:
+        p = Policy(cure_ratio=1.25)
+        assert cured(0.012, cure_reference(0.01, None), p) and not cured(0.013, cure_reference(0.01, None), p)
+
+    def test_a_rollback_to_a_higher_loss_is_judged_against_that_loss(self) -> None:
+        # Seen in a real run: rolled back to a checkpoint at loss 0.0248, the run at 0.0156 after the
+        # cooldown (it had been at 0.0078 just before the onset). Judged against 0.0078 alone, each
+        # further LR cut slowed it more, until the budget paused a healthy run.
+        p = Policy(cure_ratio=1.25)
+        ref = cure_reference(0.0078, 0.0248)
+        assert ref == 0.0248 and cured(0.0156, ref, p)
+        assert not cured(0.05, ref, p)  # still rebounding: a further cut
+        assert cure_reference(0.02, 0.01) == 0.02  # a better checkpoint never tightens the rule
+        assert cure_reference(0.02, float("nan")) == 0.02
