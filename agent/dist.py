@@ -12,11 +12,17 @@ never issue collectives on the same group, or the ranks may see them in differen
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+SLOT_BYTES = 4096
+"""Bytes per rank in the per-window exchange's single collective (a plan without commands, a
+signal and 400 shared losses fit; anything bigger takes a second round)."""
 
 
 @dataclass
@@ -37,11 +43,36 @@ class Group:
         """Whether this rank owns the store (rank 0)."""
         return self.rank == 0
 
+    _send: torch.Tensor | None = field(default=None, repr=False)
+    """This rank's buffer for `exchange()` (made at the first one, then reused)."""
+    _slots: list[torch.Tensor] = field(default_factory=list, repr=False)
+    """Every rank's buffer as `exchange()` receives them (reused)."""
+
     def exchange(self, mine: Any) -> list[Any]:
-        """Every rank's `mine`, in rank order (one all-gather; picklable values only)."""
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, mine, group=self.sync)
-        return out
+        """Every rank's `mine`, in rank order (picklable values only).
+
+        One all-gather of fixed-size byte buffers, reused from window to window; a value too big
+        for its slot (a long window of shared losses, a plan with many commands) takes a second
+        round through `all_gather_object`. `all_gather_object` alone costs two collectives (sizes,
+        then data) and fresh tensors each time: at a window boundary of a job whose steps take
+        milliseconds, that was most of the agent's time (measured in distributed_overhead.py).
+        """
+        data = pickle.dumps(mine, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._send is None:
+            self._send = torch.zeros(SLOT_BYTES, dtype=torch.uint8)
+            self._slots = [torch.zeros(SLOT_BYTES, dtype=torch.uint8) for _ in range(self.world_size)]
+        send = self._send
+        fits = len(data) <= SLOT_BYTES - 8
+        send[:8] = torch.tensor([len(data) if fits else -1], dtype=torch.int64).view(torch.uint8)
+        if fits:
+            send[8:8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        dist.all_gather(self._slots, send, group=self.sync)
+        sizes = [int(t[:8].view(torch.int64).item()) for t in self._slots]
+        if min(sizes) < 0:  # every rank sees the same sizes, so every rank takes this round
+            out: list[Any] = [None] * self.world_size
+            dist.all_gather_object(out, mine, group=self.sync)
+            return out
+        return [pickle.loads(t[8:8 + n].numpy().tobytes()) for t, n in zip(self._slots, sizes)]
 
     def from_leader(self, value: Any) -> Any:
         """Rank 0's `value` on every rank."""

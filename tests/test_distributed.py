@@ -254,18 +254,24 @@ def test_ranks_that_cannot_see_rank_0s_checkpoints_folder_are_refused_at_attach(
 
 
 MEAN_JOB = """
-import sys, torch, torch.distributed as dist
+import json, sys, torch, torch.distributed as dist
 import trainwarden.agent as tw
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 model = torch.nn.Linear(2, 1)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-for mode in ("mean", "rank0"):
-    config = tw.AgentConfig(window=10, loss_across_ranks=mode, save_on_close=False, save_every_steps=10**9)
-    run = tw.attach(f"{sys.argv[1]}/{mode}", model=model, optimizer=opt, config=config)
-    for step in range(25):  # two full windows and a partial one, flushed by close()
+for mode, window, steps in (("mean", 10, 25), ("rank0", 10, 25), ("mean", 1000, 2500)):
+    config = tw.AgentConfig(window=window, loss_across_ranks=mode, save_on_close=False, save_every_steps=10**9)
+    run = tw.attach(f"{sys.argv[1]}/{mode}-{window}", model=model, optimizer=opt, config=config)
+    for step in range(steps):  # full windows and a partial one, flushed by close()
         run.record(float(rank + 1) * (step + 1))
     run.close()
+# The exchange itself: values that fit its one collective, and bigger ones on one rank or all.
+from trainwarden.agent.dist import join
+group = join(60)
+got = [group.exchange(mine) for mine in ([rank], "x" * 10_000 if rank == 0 else rank, {"r": rank, "n": list(range(3000))})]
+json.dump(got, open(f"{sys.argv[1]}/exchange-{rank}.json", "w"))
+group.close()
 dist.destroy_process_group()
 """
 
@@ -276,7 +282,12 @@ def test_the_store_shows_rank_0s_loss_or_the_mean_over_ranks(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script), str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    for mode, scale in (("mean", 1.5), ("rank0", 1.0)):  # rank r records (r + 1) * step
-        with Store.open(tmp_path / mode) as s:
+    # rank r records (r + 1) * step; windows of 1000 shared losses are too big for the exchange's
+    # single collective and take its second round
+    for name, scale, steps in (("mean-10", 1.5, 25), ("rank0-10", 1.0, 25), ("mean-1000", 1.5, 2500)):
+        with Store.open(tmp_path / name) as s:
             losses = [loss for _, _, loss in s.history()]
-        assert losses == pytest.approx([scale * (step + 1) for step in range(25)]), mode
+        assert losses == pytest.approx([scale * (step + 1) for step in range(steps)]), name
+    expected = [[[0], [1]], ["x" * 10_000, 1], [{"r": r, "n": list(range(3000))} for r in (0, 1)]]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"exchange-{rank}.json").read_text()) == expected
