@@ -28,8 +28,8 @@ import trainwarden.agent as tw
 from trainwarden.examples.train_mlp import lr_jump, make_data, warmup_cosine
 
 
-def parse(argv: list[str] | None = None, default_dir: str = "runs/ddp") -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None = None, default_dir: str = "runs/ddp", description: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=None, help=f"run folder (default: $TRAINWARDEN_RUN_DIR or {default_dir})")
     parser.add_argument("--steps", type=int, default=3000, help="total training steps")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")

@@ -16,7 +16,7 @@ from trainwarden.examples.train_ddp import make_model, parse, setup, train
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv, default_dir="runs/fsdp")
+    args = parse(argv, default_dir="runs/fsdp", description=__doc__.splitlines()[0])
     device = setup(args)
     try:
         from torch.distributed.fsdp import fully_shard
