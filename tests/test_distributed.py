@@ -276,7 +276,7 @@ dist.destroy_process_group()
 """
 
 
-def test_the_store_shows_rank_0s_loss_or_the_mean_over_ranks(tmp_path: Path) -> None:
+def test_the_store_shows_rank_0s_loss_or_the_mean_and_the_exchange_takes_any_size(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text(MEAN_JOB)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
