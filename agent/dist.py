@@ -54,8 +54,8 @@ class Group:
         One all-gather of fixed-size byte buffers, reused from window to window; a value too big
         for its slot (a long window of shared losses, a plan with many commands) takes a second
         round through `all_gather_object`. `all_gather_object` alone costs two collectives (sizes,
-        then data) and fresh tensors each time: at a window boundary of a job whose steps take
-        milliseconds, that was most of the agent's time (measured in distributed_overhead.py).
+        then data) and fresh tensors each time: in a 2-rank job whose steps take milliseconds,
+        that was a third of the agent's time (measured with distributed_overhead.py).
         """
         data = pickle.dumps(mine, protocol=pickle.HIGHEST_PROTOCOL)
         if self._send is None:

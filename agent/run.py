@@ -558,13 +558,14 @@ class Run:
     def _on_saved(self, job: SaveJob, ckpt_id: int | None, writer_cpu_s: float, error: str | None) -> None:
         """Called on the checkpoint thread when a save finished (or failed)."""
         if error is None:
+            write_s = writer_cpu_s
             if self._group is not None or self._sharded:
                 # The write's wall time, not the writer's CPU time: a sharded write runs on DCP's
                 # threads (their CPU is not measured here), and in a distributed job whatever slows
                 # rank 0 while it writes (GIL hand-offs, a core shared with a rank) holds every rank.
                 # With CPU time, saves cost a 2-rank DDP job 2-3x their share (distributed_overhead.py).
-                writer_cpu_s = time.monotonic() - job.submitted_at
-            self._save_cost_s = job.stall_s + writer_cpu_s
+                write_s = time.monotonic() - job.submitted_at
+            self._save_cost_s = job.stall_s + write_s
         else:
             self._best_loss = min((c.loss for c in ck.best_first(self._checkpointer_ready())), default=None)
 

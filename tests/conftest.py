@@ -66,15 +66,15 @@ def trainer() -> Iterator[Callable[..., Trainer]]:
         t.kill()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
-    """Poll until `predicate()` is truthy; fail the test with a clear message otherwise."""
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll until `predicate()` is truthy; fail the test with a clear message (naming `what`) otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what or 'condition'} not met within {timeout}s")
 
 
 FAST = dict(command_poll_interval_s=0.05, heartbeat_interval_s=0.2)

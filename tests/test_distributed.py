@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, wait_for
 from trainwarden.agent.dist import SHARDED_MIN_TORCH, sharded_supported
 from trainwarden.agent.store import Store
 
@@ -35,15 +35,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
-
-
-def wait_for(predicate, timeout: float = 90.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def store_step(run: Path) -> int:
@@ -78,7 +69,7 @@ def test_ddp_run_records_saves_and_applies_commands_on_every_rank_at_the_same_st
     run, rep = tmp_path / "ddp", tmp_path / "rep"
     proc = torchrun("trainwarden.examples.train_ddp", "--run-dir", run, "--steps", 1000, "--step-delay", 0.004,
                     "--report", rep)
-    wait_for(lambda: store_step(run) >= 300, what="the DDP run to pass step 300")
+    wait_for(lambda: store_step(run) >= 300, timeout=90, interval=0.2, what="the DDP run to pass step 300")
     lr = cli("lr", run, "2e-4", "--timeout", "30")
     assert lr.returncode == 0, lr.stderr
     back = cli("rollback", run, "--best", "--timeout", "30")
@@ -111,7 +102,7 @@ def test_fsdp_sharded_checkpoints_commands_pause_and_resharded_resume(tmp_path: 
     # FSDP on CPUs is slow enough (~30 ms a step on 2 cores) without --step-delay.
     proc = torchrun("trainwarden.examples.train_fsdp", "--run-dir", run, "--steps", 300, "--window", 25,
                     "--val-every", 100, "--report", rep, "--dist-timeout", 3)
-    wait_for(lambda: store_step(run) >= 100, what="the FSDP run to pass step 100")
+    wait_for(lambda: store_step(run) >= 100, timeout=90, interval=0.2, what="the FSDP run to pass step 100")
     assert cli("pause", run, "--timeout", "30").returncode == 0
     time.sleep(7)  # more than twice the timeouts: nobody may time out while paused
     with Store.open(run) as s:
@@ -180,7 +171,7 @@ def test_kill_9_of_one_rank_restarts_the_group_which_resumes_from_its_checkpoint
                 return any(c.step >= 200 for c in s.checkpoints(["ready"]))
         except Exception:
             return False
-    wait_for(saved_past_200, what="a checkpoint past step 200")
+    wait_for(saved_past_200, timeout=90, interval=0.2, what="a checkpoint past step 200")
     first_rank1 = int((rep / "pid-1").read_text())
     os.kill(first_rank1, signal.SIGKILL)
     out = finish(proc)
