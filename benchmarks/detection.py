@@ -30,6 +30,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import machine, table, verdict
@@ -88,94 +89,180 @@ def episodes(alarms: Iterable[int], gap: int) -> list[int]:
     return out
 
 
+@dataclass
 class Score:
-    def __init__(self) -> None:
-        self.found = 0
-        self.total = 0
-        self.false = 0
-        self.latencies: list[int] = []
-        self.missed: list[str] = []
-        self.false_at: list[str] = []
+    """One detector's results over a set of curves."""
 
-    def add(self, name: str, onsets: list[int], end: int, alarms: list[int], gap: int) -> None:
-        alarms = episodes(alarms, gap)
+    found: int = 0
+    total: int = 0
+    false: int = 0
+    repeats: int = 0
+    latencies: list[int] = field(default_factory=list)
+    onset_errors: list[int] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    false_at: list[str] = field(default_factory=list)
+
+    def add(self, name: str, onsets: list[int], end: int, alarms: list[tuple[int, int | None]], gap: int) -> None:
+        """`alarms`: (step, estimated onset or None) of each alarm, in any order."""
+        steps = episodes([a for a, _ in alarms], gap)
+        onset_of = {a: o for a, o in sorted(alarms, reverse=True)}  # the first alarm at a step wins
         first = onsets[0] if onsets else end + 1
-        for a in alarms:
+        for a in steps:
             if a < first:
                 self.false += 1
                 self.false_at.append(f"{name}@{a}")
         for i, onset in enumerate(onsets):
             upto = onsets[i + 1] if i + 1 < len(onsets) else end + 1
-            hits = [a for a in alarms if onset <= a < upto]
+            hits = [a for a in steps if onset <= a < upto]
             self.total += 1
             if hits:
                 self.found += 1
+                self.repeats += len(hits) - 1
                 self.latencies.append(hits[0] - onset)
+                if onset_of.get(hits[0]) is not None:
+                    self.onset_errors.append(abs(onset_of[hits[0]] - onset))
             else:
                 self.missed.append(f"{name}@{onset}")
 
-    def row(self, who: str) -> list[object]:
-        recall = f"{self.found}/{self.total} ({100 * self.found / max(1, self.total):.0f}%)"
-        med = f"{statistics.median(self.latencies):.0f}" if self.latencies else "-"
-        mx = f"{max(self.latencies)}" if self.latencies else "-"
-        return [who, recall, self.false, med, mx]
+    def row(self, who: str, with_onsets: bool = True) -> list[object]:
+        recall = f"{self.found}/{self.total} ({100 * self.found / max(1, self.total):.0f}%)" if self.total else "-"
+        return [who, recall, self.false, self.repeats, _med(self.latencies), _max(self.latencies),
+                *([_med(self.onset_errors), _max(self.onset_errors)] if with_onsets else [])]
+
+
+def _med(xs: list[int]) -> str:
+    return f"{statistics.median(xs):.0f}" if xs else "-"
+
+
+def _max(xs: list[int]) -> str:
+    return f"{max(xs)}" if xs else "-"
+
+
+HEADERS = ["detector", "recall", "false alarms", "repeats", "median latency", "max latency"]
+ONSET_HEADERS = ["median onset error", "max onset error"]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A folder of labelled curves and the names to score in it."""
+
+    title: str
+    folder: Path
+    names: list[str]
+    labels: dict[str, dict]
+
+    def kinds(self, name: str) -> list[str]:
+        """The kind of each labelled onset (the MLP/GRU corpus names it in the curve's name)."""
+        label = self.labels[name]
+        if "kinds" in label:
+            return list(label["kinds"])
+        return [name.split("_")[1]] * len(label["onsets"])
+
+
+def load_corpora(which: str, split: str, quick: bool) -> list[Corpus]:
+    out = []
+    for title, folder in (("MLP/GRU", CURVES), ("LM", CURVES / "lm")):
+        if which not in ("all", title.split("/")[0].lower()) or not (folder / "labels.json").exists():
+            continue
+        labels = json.loads((folder / "labels.json").read_text())
+        for part in (("tune", "test") if title == "LM" and split == "both" else (split,)):
+            names = sorted(n for n in labels if part in ("both", "all") or labels[n].get("split", part) == part)
+            if quick:
+                names = names[::4]
+            suffix = f" ({part} split)" if title == "LM" and part not in ("both", "all") else ""
+            out.append(Corpus(title + suffix, folder, names, labels))
+    return out
+
+
+Rule = Callable[[list[float], list[int]], list[int]]
+
+
+def score(corpus: Corpus, settings, rules: dict[str, Rule]) -> tuple[dict[str, Score], dict[str, Score], Score, float]:
+    """(scores per detector, trainwarden's scores per kind, overfit score, trainwarden's seconds)."""
+    scores = {"trainwarden": Score(), **{k: Score() for k in rules}}
+    per_kind: dict[str, Score] = {}
+    overfit = Score()
+    tw_time = 0.0
+    for name in corpus.names:
+        label = corpus.labels[name]
+        curve = read_csv(corpus.folder / f"{name}.csv")
+        end = curve.steps[-1]
+        rebound_onsets = label["onsets"] if label["label"] == "rebound" else []
+        t1 = time.perf_counter()
+        found = feed(LossDetectors(settings), curve_windows(curve, settings.window), curve.vals)
+        tw_time += time.perf_counter() - t1
+        alarms = [(f.step, f.onset) for f in found if f.kind in REBOUND_KINDS]
+        scores["trainwarden"].add(name, rebound_onsets, end, alarms, settings.window)
+        for who, rule in rules.items():
+            scores[who].add(name, rebound_onsets, end, [(a, None) for a in rule(curve.losses, curve.steps)], settings.window)
+        if rebound_onsets:
+            # Per kind: each onset scored alone (up to the next onset), no false alarms counted here.
+            kinds = corpus.kinds(name)
+            for i, (onset, kind) in enumerate(zip(rebound_onsets, kinds)):
+                upto = rebound_onsets[i + 1] - 1 if i + 1 < len(rebound_onsets) else end
+                later = [(a, o) for a, o in alarms if a >= onset]
+                per_kind.setdefault(kind, Score()).add(name, [onset], upto, later, settings.window)
+        overfit_onsets = label["onsets"] if label["label"] == "overfit" else []
+        overfit.add(name, overfit_onsets, end, [(f.step, f.onset) for f in found if f.kind == "overfit"], settings.window)
+    return scores, per_kind, overfit, tw_time
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few curves only (a smoke test)")
     parser.add_argument("--policy", help="policy TOML whose detector settings to score")
+    parser.add_argument("--corpus", choices=["all", "mlp", "lm"], default="all", help="which corpus (default: both)")
+    parser.add_argument("--split", choices=["both", "tune", "test", "all"], default="both",
+                        help="LM corpus: score the tune and test splits apart (both), one of them, or all together")
     parser.add_argument("--verbose", action="store_true", help="list misses and false alarms")
     args = parser.parse_args()
     settings = load_policy(args.policy).detect
-    labels = json.loads((CURVES / "labels.json").read_text())
-    names = sorted(labels)
-    if args.quick:
-        names = [n for i, n in enumerate(names) if i % 4 == 0]
     print(machine())
-    print(f"corpus: {len(names)} curves from {CURVES.relative_to(CURVES.parents[1])}; window {settings.window}")
-    rules: dict[str, Callable[[list[float], list[int]], list[int]]] = {
+    rules: dict[str, Rule] = {
         "Lightning SpikeDetection": lightning, "llm-foundry KillLossSpike": llm_foundry, "Megatron spiky loss": megatron}
-    scores = {"trainwarden": Score(), **{k: Score() for k in rules}}
-    overfit = Score()
     t0 = time.perf_counter()
-    tw_time = 0.0
-    for name in names:
-        label = labels[name]
-        curve = read_csv(CURVES / f"{name}.csv")
-        end = curve.steps[-1]
-        rebound_onsets = label["onsets"] if label["label"] == "rebound" else []
-        t1 = time.perf_counter()
-        found = feed(LossDetectors(settings), curve_windows(curve, settings.window), curve.vals)
-        tw_time += time.perf_counter() - t1
-        scores["trainwarden"].add(name, rebound_onsets, end, [f.step for f in found if f.kind in REBOUND_KINDS], settings.window)
-        for who, rule in rules.items():
-            scores[who].add(name, rebound_onsets, end, rule(curve.losses, curve.steps), settings.window)
-        overfit_onsets = label["onsets"] if label["label"] == "overfit" else []
-        overfit.add(name, overfit_onsets, end, [f.step for f in found if f.kind == "overfit"], settings.window)
-    n_rebounds = scores["trainwarden"].total
-    print(f"{sum(1 for n in names if labels[n]['label'] == 'healthy')} healthy, "
-          f"{sum(1 for n in names if labels[n]['label'] == 'rebound')} with {n_rebounds} rebounds, "
-          f"{sum(1 for n in names if labels[n]['label'] == 'overfit')} overfitting; "
-          f"{sum(len(read_csv(CURVES / f'{n}.csv').losses) for n in names)} steps\n")
-    print(table(["detector", "recall", "false alarms", "median latency (steps)", "max latency"],
-                [s.row(who) for who, s in scores.items()]))
-    print()
-    print(table(["overfitting", "found", "false alarms", "median latency (steps)", "max latency"], [overfit.row("trainwarden")]))
-    if args.verbose:
-        for who, s in [*scores.items(), ("overfit", overfit)]:
-            print(f"{who}: missed {s.missed or '-'}; false alarms {s.false_at or '-'}")
-    print(f"\ntrainwarden detectors: {tw_time:.2f}s for the whole corpus; benchmark {time.perf_counter() - t0:.1f}s")
-    tw = scores["trainwarden"]
-    med = statistics.median(tw.latencies) if tw.latencies else math.inf
-    print(f"recall (target 100%): {verdict(tw.found == tw.total)}")
-    print(f"false alarms (target 0): {verdict(tw.false == 0 and overfit.false == 0)}")
-    print(f"median latency (target <= {settings.window} steps): {verdict(med <= settings.window)}")
-    def better(s: Score) -> bool:
-        s_med = statistics.median(s.latencies) if s.latencies else math.inf
-        return tw.found >= s.found and tw.false <= s.false and (tw.found > s.found or tw.false < s.false or med < s_med)
-    beats = all(better(s) for who, s in scores.items() if who != "trainwarden")
-    print(f"better than each public rule (target: more found, fewer false alarms): {verdict(beats)}")
+    met: list[bool] = []
+    for corpus in load_corpora(args.corpus, args.split, args.quick):
+        labels = corpus.labels
+        scores, per_kind, overfit, tw_time = score(corpus, settings, rules)
+        tw = scores["trainwarden"]
+        count = {k: sum(1 for n in corpus.names if labels[n]["label"] == k) for k in ("healthy", "rebound", "overfit")}
+        print(f"\n## {corpus.title}: {len(corpus.names)} curves from {corpus.folder.relative_to(CURVES.parents[1])}; "
+              f"window {settings.window}")
+        print(f"{count['healthy']} healthy, {count['rebound']} with {tw.total} rebounds"
+              + (f", {count['overfit']} overfitting" if count["overfit"] else "")
+              + f"; trainwarden's detectors took {tw_time:.2f}s\n")
+        print(table(HEADERS + ONSET_HEADERS, [s.row(who, who == "trainwarden") if who == "trainwarden"
+                                              else s.row(who, False) + ["-", "-"] for who, s in scores.items()]))
+        print()
+        print(table(["kind (trainwarden)", "recall", "false alarms", "repeats", "median latency", "max latency",
+                     *ONSET_HEADERS], [s.row(kind)[:2] + ["-"] + s.row(kind)[3:] for kind, s in sorted(per_kind.items())]))
+        if count["overfit"]:
+            print()
+            print(table(["overfitting", "found", "false alarms", "repeats", "median latency", "max latency"],
+                        [overfit.row("trainwarden", False)]))
+        if args.verbose:
+            for who, s in [*scores.items(), ("overfit", overfit)]:
+                if s.total or s.false:
+                    print(f"{who}: missed {s.missed or '-'}; false alarms {s.false_at or '-'}")
+        med = statistics.median(tw.latencies) if tw.latencies else math.inf
+        med_onset = statistics.median(tw.onset_errors) if tw.onset_errors else math.inf
+        checks = [
+            ("recall (target 100%)", tw.found == tw.total),
+            ("false alarms (target 0)", tw.false == 0 and overfit.false == 0),
+            (f"median latency (target <= {settings.window} steps)", med <= settings.window),
+            (f"median onset error (target <= {settings.window} steps)", med_onset <= settings.window),
+        ]
+        def better(s: Score) -> bool:
+            s_med = statistics.median(s.latencies) if s.latencies else math.inf
+            return tw.found >= s.found and tw.false <= s.false and (tw.found > s.found or tw.false < s.false or med < s_med)
+        checks.append(("better than each public rule (more found, fewer false alarms)",
+                       all(better(s) for who, s in scores.items() if who != "trainwarden")))
+        print()
+        for what, ok in checks:
+            print(f"{corpus.title}: {what}: {verdict(ok)}")
+            met.append(ok)
+    print(f"\nbenchmark {time.perf_counter() - t0:.1f}s; all targets: {verdict(all(met))}")
 
 
 if __name__ == "__main__":

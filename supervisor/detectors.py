@@ -4,9 +4,10 @@ benchmark feed them the same data and get the same findings.
 
 Loss detectors work on log(loss): a rebound is a ratio, whatever the loss's scale. A window's
 level is the median of its steps, which a few wild minibatches of a tiny-batch run cannot move;
-thresholds grow with the run's own window-to-window noise, so a noisy run needs a larger
-rebound to raise an alarm than a smooth one. Only rises count: a sudden drop (an LR decay) just
-lowers the reference.
+thresholds grow with the run's own noise (window to window, and within a window; see levels.py),
+so a noisy run needs a larger rebound to raise an alarm than a smooth one, and a smooth one is
+watched down to a small fixed ratio. Only rises count: a sudden drop (an LR decay) just lowers the
+reference.
 """
 from __future__ import annotations
 
@@ -14,18 +15,18 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .levels import Level, Onset, locate_onset, log_loss, median_se, robust_sigma, step_sigma, summarise
 
 FindingKind = Literal["spike", "nan", "divergence", "plateau", "overfit", "stalled_saves", "hung"]
 Severity = Literal["info", "warning", "error"]
 KINDS: tuple[str, ...] = ("spike", "nan", "divergence", "plateau", "overfit", "stalled_saves", "hung")
 REBOUND_KINDS = frozenset({"spike", "nan", "divergence"})
 LOSS_KINDS = REBOUND_KINDS | {"plateau", "overfit"}  # findings about the loss curve (not liveness)
-
-_FLOOR = 1e-12  # losses at or below this are read as this: log(0) has no ratio
-
 
 class Finding(BaseModel):
     """Something a detector saw, with where it began."""
@@ -53,36 +54,44 @@ class DetectorSettings(BaseModel):
 
     window: int = Field(50, ge=2, le=100_000)
     """Steps per window when replaying a CSV (a run's store has its own windows)."""
-    warmup_windows: int = Field(4, ge=1)
-    """Windows seen before spike and divergence checks start (the first descent is not judged)."""
-    history_windows: int = Field(10, ge=3)
-    """Recent windows that make the reference level (their lowest median) and the noise estimate."""
-    spike_ratio: float = Field(1.3, gt=1.0)
-    """Smallest rebound of a window's median over the reference level that counts as a spike."""
-    spike_z: float = Field(6.0, gt=0.0)
-    """A spike must also exceed this many times the run's window-to-window noise (robust sigma)."""
-    divergence_ratio: float = Field(1.5, gt=1.0)
-    """A sustained rise of the smoothed level to this multiple of its best is a divergence."""
-    divergence_z: float = Field(8.0, gt=0.0)
+    warmup_windows: int = Field(4, ge=1, le=10_000)
+    """Windows seen before rises are judged against the recent level (the first descent is not);
+    a blow-up above the run's starting loss is judged from the first window on."""
+    history_windows: int = Field(10, ge=3, le=10_000)
+    """Recent windows that make the reference level (their lowest median)."""
+    spike_ratio: float = Field(1.08, gt=1.0, le=1e6)
+    """Smallest rise of a window's median over the reference level that counts, however smooth
+    the curve (the floor under the noise-scaled threshold)."""
+    spike_z: float = Field(6.0, gt=0.0, le=1e6)
+    """A rise must also exceed this many times the run's window-to-window noise."""
+    blowup_ratio: float = Field(1.3, gt=1.0, le=1e6)
+    """A window's median this far above the run's starting loss is a finding at any step."""
+    rearm_windows: int = Field(3, ge=1, le=10_000)
+    """After a rise, windows without a new high after which the level is the run's new normal and
+    a further rise is a new finding."""
+    divergence_ratio: float = Field(1.5, gt=1.0, le=1e6)
+    """A sustained rise of the smoothed level to this multiple of its best is a divergence (for
+    climbs too slow for any window to show)."""
+    divergence_z: float = Field(8.0, gt=0.0, le=1e6)
     """A divergence must also exceed this many times the window-to-window noise."""
-    plateau_windows: int = Field(40, ge=2)
+    plateau_windows: int = Field(40, ge=2, le=1_000_000)
     """Windows without a meaningful improvement of the best level that make a plateau."""
     plateau_improvement: float = Field(0.01, ge=0.0, lt=1.0)
     """Relative drop of the smoothed level that counts as an improvement (0.01 = 1%)."""
-    overfit_ratio: float = Field(1.1, gt=1.0)
+    overfit_ratio: float = Field(1.1, gt=1.0, le=1e6)
     """Validation loss at this multiple of its best (smoothed over 3 points) while training loss
     is still at or below its level then: overfitting."""
-    overfit_points: int = Field(3, ge=1)
+    overfit_points: int = Field(3, ge=1, le=10_000)
     """Consecutive validation points that must stay above the overfit threshold."""
-    hung_after_s: float = Field(120.0, gt=0.0)
+    hung_after_s: float = Field(120.0, gt=0.0, le=1e9)
     """A running run whose heartbeat is older than this, or whose step has not moved for
     `stuck_after_s`, is hung."""
-    stuck_after_s: float = Field(1800.0, gt=0.0)
+    stuck_after_s: float = Field(1800.0, gt=0.0, le=1e9)
     """A running run whose heartbeat goes on but whose step has not changed for this long is hung
     (the training thread is stuck, e.g. in a collective)."""
-    save_stall_s: float = Field(7200.0, gt=0.0)
+    save_stall_s: float = Field(7200.0, gt=0.0, le=1e9)
     """No new ready checkpoint for this long while the run is running: stalled saves."""
-    writing_stall_s: float = Field(1800.0, gt=0.0)
+    writing_stall_s: float = Field(1800.0, gt=0.0, le=1e9)
     """A checkpoint still `writing` after this long: stalled saves."""
 
 
@@ -94,46 +103,48 @@ class WindowLike(Protocol):
     losses: Sequence[float]
 
 
-def _log(x: float) -> float:
-    return math.log(max(x, _FLOOR))
-
-
-def _robust_sigma(values: Sequence[float]) -> float:
-    """1.4826 x the median absolute deviation: the standard deviation for normal data, untouched
-    by a few outliers."""
-    if len(values) < 2:
-        return 0.0
-    mid = statistics.median(values)
-    return 1.4826 * statistics.median(abs(v - mid) for v in values)
-
-
-def _rolling_median(values: Sequence[float], width: int) -> list[float]:
-    half = width // 2
-    return [statistics.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))]
-
-
 def _ratio(log_delta: float) -> float:
     return math.exp(log_delta)
 
 
+@dataclass
+class _Episode:
+    """A rise that was reported and has not ended: no new finding of it until it does."""
+
+    ref: float
+    """The reference level it rose from (log)."""
+    thr: float
+    """The threshold it crossed (log)."""
+    peak: float
+    """Its highest window level so far (log)."""
+    quiet: list[Level] = field(default_factory=list)
+    """The windows since `peak` was last raised."""
+
+
 class LossDetectors:
     """spike, nan, divergence, plateau and overfit, fed window by window (and validation points
-    as they come). Each kind reports once per episode, then waits until the loss is back near
-    its reference before it can report again."""
+    as they come).
+
+    A rise is reported once; while it lasts nothing more is said of it. It ends when the level
+    is back near where it rose from, or when the level has stopped rising for `rearm_windows`:
+    the run's new normal, from which a further rise is a new finding.
+    """
 
     def __init__(self, settings: DetectorSettings | None = None) -> None:
         self.s = settings or DetectorSettings()
-        self._levels: deque[float] = deque(maxlen=self.s.history_windows)  # healthy window levels
+        self._levels: deque[Level] = deque(maxlen=self.s.history_windows)  # recent healthy windows
+        self._recent: deque[Level] = deque(maxlen=max(8, self.s.warmup_windows + 2))  # every judged window
         self._diffs: deque[float] = deque(maxlen=self.s.history_windows * 3)
-        self._smooth: deque[float] = deque(maxlen=3)
-        self._seen = 0
+        self._ses: deque[float] = deque(maxlen=self.s.history_windows)
         self._sizes: deque[int] = deque(maxlen=self.s.history_windows)
-        self._prev_logs: list[float] = []
-        self._prev_first = 0
-        self._spiking = 0          # windows since a spike latched (0: armed)
+        self._smooth: deque[float] = deque(maxlen=3)
+        self._start: tuple[float, float] | None = None  # starting level (log) and its standard error
+        self._seen = 0
+        self._noise_cache: float | None = None
+        self._since = 0  # no onset is placed before this step (the last time the detector re-armed)
+        self._episode: _Episode | None = None
         self._nan = False
         self._best: tuple[float, int] | None = None  # best smoothed level and the step it was seen
-        self._diverging = False
         self._plateau_best: tuple[float, int] | None = None
         self._plateau_reported = False
         self._train_at: list[tuple[int, float]] = []  # (last step, smoothed level) per window
@@ -145,7 +156,7 @@ class LossDetectors:
     @property
     def reference_level(self) -> float | None:
         """The recent healthy loss level (lowest recent window median), None before any window."""
-        return math.exp(min(self._levels)) if self._levels else None
+        return math.exp(min(lv.level for lv in self._levels)) if self._levels else None
 
     @property
     def current_level(self) -> float | None:
@@ -156,111 +167,192 @@ class LossDetectors:
     def window(self, w: WindowLike) -> list[Finding]:
         """Findings of one closed window (windows must come in step order)."""
         losses = list(w.losses)
-        first, last = w.first_step, w.last_step
-        out: list[Finding] = []
-        bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
-        if bad and not self._nan:
-            self._nan = True
-            onset = first + bad[0]
-            out.append(Finding(
-                kind="nan", onset=onset, step=last, severity="error",
-                message=(f"non-finite loss at step {onset} ({len(bad)} of {len(losses)} steps in the window): "
-                         "usually an LR too high or a bad batch; roll back to before it and lower the LR"),
-                data={"nonfinite": len(bad), "level_before": self.reference_level}))
-        elif not bad:
-            self._nan = False
-        logs = [_log(x) for x in losses if math.isfinite(x)]
-        if len(logs) < max(2, len(losses) // 2):  # too few finite values to judge a level
-            self._prev_logs, self._prev_first = [], first
+        out = self._nonfinite(losses, w.first_step, w.last_step)
+        lv = summarise(w.first_step, w.last_step, losses)
+        if lv is None:  # too few finite values to judge a level
             return out
-        level = statistics.median(logs)
+        if self._start is None:
+            head = lv.logs[:10]
+            self._start = (statistics.median(head), median_se(step_sigma(lv.logs), len(head)))
         # A short window (flushed at a pause, a rollback or the end) has a noisier median than
-        # the thresholds assume: it may raise a NaN finding but is not judged for a spike.
+        # the thresholds assume: it may raise a NaN finding but is not judged for a rise.
         full = len(losses) >= max(self._sizes, default=0) // 2
         self._sizes.append(len(losses))
         if not full:
-            self._prev_logs, self._prev_first = logs, first
             return out
         self._seen += 1
-        if self._seen > self.s.warmup_windows and len(self._levels) >= 3:
-            out.extend(self._spike(logs, level, first, last))
-        self._remember(level, logs, first, last)
+        self._noise_cache = None
+        previous = self._recent[-1] if self._recent else None
+        self._recent.append(lv)
+        if self._episode is not None:
+            self._follow(lv, previous)
+        else:
+            found = self._blowup(lv) or self._rise(lv)
+            if found is not None:
+                out.append(found)
+            else:
+                self._remember(lv, previous)
+        self._smooth.append(lv.level)
+        self._train_at.append((lv.last, statistics.median(self._smooth)))
         if self._seen > self.s.warmup_windows:
-            out.extend(self._divergence(last))
-            out.extend(self._plateau(last))
+            out.extend(self._divergence(lv.last))
+            out.extend(self._plateau(lv.last))
         return out
 
-    def _noise(self) -> float:
-        """Robust sigma of window-to-window level changes (a trend shifts them all alike)."""
-        return _robust_sigma(list(self._diffs))
-
-    def _spike(self, logs: list[float], level: float, first: int, last: int) -> list[Finding]:
-        ref = min(self._levels)
-        noise = self._noise()
-        thr = max(math.log(self.s.spike_ratio), self.s.spike_z * noise)
-        tail = statistics.median(logs[len(logs) // 2:])
-        risen = max(level - ref, (tail - ref) / 1.5)  # the tail has half the samples: ask more of it
-        if self._spiking:
-            self._spiking += 1
-            # Re-arm once back near the reference; accept a new normal after a long while.
-            if level - ref < thr / 2 or self._spiking > 4 * self.s.history_windows:
-                self._spiking = 0
-                if level - ref >= thr / 2:
-                    self._levels.clear()
+    def _nonfinite(self, losses: list[float], first: int, last: int) -> list[Finding]:
+        bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
+        if not bad:
+            self._nan = False
             return []
-        if risen <= thr:
+        if self._nan:
             return []
-        self._spiking = 1
-        onset = self._onset(logs, first, ref + thr / 2)
-        ratio = _ratio(max(level, tail) - ref)
+        self._nan = True
+        onset = first + bad[0]
         return [Finding(
-            kind="spike", onset=onset, step=last, severity="error" if ratio >= 3 else "warning",
-            message=(f"loss rebounded {ratio:.2f}x above its recent level {math.exp(ref):.4g} from step {onset}: "
-                     "likely an LR too high or bad batches; roll back to before the onset and lower the LR"),
-            data={"ratio": round(ratio, 4), "level_before": math.exp(ref), "threshold": round(_ratio(thr), 4)})]
+            kind="nan", onset=onset, step=last, severity="error",
+            message=(f"non-finite loss at step {onset} ({len(bad)} of {len(losses)} steps in the window): "
+                     "usually an LR too high or a bad batch; roll back to before it and lower the LR"),
+            data={"nonfinite": len(bad), "level_before": self.reference_level})]
 
-    def _onset(self, logs: list[float], first: int, calm: float) -> int:
-        """The first step after which the rolling median of the losses stays above `calm`."""
-        seq = self._prev_logs + logs
-        start = self._prev_first if self._prev_logs else first
-        smooth = _rolling_median(seq, 5)
-        for i in range(len(smooth) - 1, -1, -1):
-            if smooth[i] <= calm:
-                return start + min(i + 1, len(seq) - 1)
-        return start
+    def _noise(self) -> float:
+        """Window-to-window noise of the level (log): the larger of the spread of recent level
+        changes (slow wandering, correlated noise) and what the windows' own per-step noise
+        implies for the difference of two medians. Cached until a window changes either."""
+        if self._noise_cache is None:
+            self._noise_cache = self._estimate_noise()
+        return self._noise_cache
 
-    def _remember(self, level: float, logs: list[float], first: int, last: int) -> None:
-        if not self._spiking:
-            if self._levels:
-                self._diffs.append(level - self._levels[-1])
-            self._levels.append(level)
-        self._prev_logs, self._prev_first = logs, first
-        self._smooth.append(level)
-        smooth = statistics.median(self._smooth)
-        self._train_at.append((last, smooth))
+    def _estimate_noise(self) -> float:
+        from_diffs = robust_sigma(list(self._diffs)) if len(self._diffs) >= 5 else 0.0
+        from_steps = math.sqrt(2) * statistics.median(self._ses) if self._ses else 0.0
+        return max(from_diffs, from_steps)
+
+    def _threshold(self) -> float:
+        return max(math.log(self.s.spike_ratio), self.s.spike_z * self._noise())
+
+    def _remember(self, lv: Level, previous: Level | None) -> None:
+        """A healthy window: it joins the reference and the noise estimate."""
+        self._noise_cache = None
+        if previous is not None and self._levels and previous is self._levels[-1]:
+            self._diffs.append(lv.level - previous.level)
+        self._levels.append(lv)
+        self._ses.append(lv.se)
+
+    def _blowup(self, lv: Level) -> Finding | None:
+        """Far above the run's starting loss, at any step (the first windows included)."""
+        assert self._start is not None
+        start, start_se = self._start
+        noise = math.hypot(lv.se * math.sqrt(2), start_se)
+        thr = max(math.log(self.s.blowup_ratio), self.s.spike_z * noise)
+        risen = max(lv.level - start, lv.tail - start - thr * 0.5)
+        if risen <= thr:
+            return None
+        ref = min((x.level for x in self._levels), default=start)
+        onset = self._locate(ref, earliest=self._since)
+        ratio = _ratio(max(lv.level, lv.tail) - start)
+        return self._report(
+            "spike", onset.step, lv, ref, thr, "blowup",
+            f"loss blew up to {ratio:.2f}x the run's starting level {math.exp(start):.4g} from step {onset.step}: "
+            "likely an LR too high for this stage (no or too short a warm-up); roll back to before it and lower the LR",
+            ratio)
+
+    def _rise(self, lv: Level) -> Finding | None:
+        """Above the recent healthy level by more than the noise allows: in this window's median,
+        in its second half (a rise that began mid-window), or in the last two windows together."""
+        if self._seen <= self.s.warmup_windows or len(self._levels) < 3:
+            return None
+        ref = min(x.level for x in self._levels)
+        noise = self._noise()
+        floor = math.log(self.s.spike_ratio)
+        thr = max(floor, self.s.spike_z * noise)
+        tail_thr = max(floor, 1.5 * self.s.spike_z * noise)  # half the steps: a noisier median
+        pair_thr = max(floor, 0.7 * self.s.spike_z * noise)  # two windows agreeing: less noise
+        prev = self._levels[-1]
+        pair = (prev.last + 1 >= lv.first and lv.level >= prev.level
+                and min(lv.level, prev.level) - ref > pair_thr and prev.level > ref)
+        if not (lv.level - ref > thr or lv.tail - ref > tail_thr or pair):
+            return None
+        onset = self._locate(ref, earliest=self._since)
+        ratio = _ratio(max(lv.level, lv.tail) - ref)
+        if onset.shape == "climb":
+            return self._report(
+                "divergence", onset.step, lv, ref, thr, "climb",
+                f"loss has been climbing since step {onset.step}: now {ratio:.2f}x its level {math.exp(ref):.4g} before "
+                "it; the run is destabilising (likely an LR too high); roll back to before the climb and lower the LR",
+                ratio)
+        return self._report(
+            "spike", onset.step, lv, ref, thr, "step",
+            f"loss rebounded {ratio:.2f}x above its recent level {math.exp(ref):.4g} from step {onset.step}: "
+            "likely an LR too high or bad batches; roll back to before the onset and lower the LR",
+            ratio)
+
+    def _locate(self, ref: float, earliest: int) -> Onset:
+        """Where the rise began, fitted on the recent windows' steps (from the reference window on,
+        as far back as the recent windows go, never before the last re-arm)."""
+        windows = list(self._recent)
+        ref_window = min(self._levels, key=lambda x: x.level) if self._levels else windows[0]
+        lo = max(earliest, ref_window.first if ref_window.first >= windows[0].first else windows[0].first)
+        steps = [s for w in windows for s in w.steps]
+        logs = [v for w in windows for v in w.logs]
+        block = max(1, self.s.window // 10)
+        return locate_onset(steps, logs, lo, block)
+
+    def _report(self, kind: FindingKind, onset: int, lv: Level, ref: float, thr: float, shape: str, message: str,
+                ratio: float) -> Finding:
+        self._episode = _Episode(ref=ref, thr=thr, peak=lv.level)
+        return Finding(
+            kind=kind, onset=onset, step=lv.last, severity="error" if ratio >= 3 else "warning", message=message,
+            data={"ratio": round(ratio, 4), "level_before": math.exp(ref), "threshold": round(_ratio(thr), 4),
+                  "shape": shape, "noise": round(self._noise(), 5)})
+
+    def _follow(self, lv: Level, previous: Level | None) -> None:
+        """A reported rise goes on, comes back down, or settles at a new normal."""
+        ep = self._episode
+        assert ep is not None
+        self._noise_cache = None
+        if previous is not None and ep.quiet and previous is ep.quiet[-1]:
+            self._diffs.append(lv.level - previous.level)  # the new regime's own noise
+        if lv.level > ep.peak + ep.thr / 4:
+            ep.peak, ep.quiet = lv.level, []
+        else:
+            ep.quiet.append(lv)
+        if lv.level - ep.ref < ep.thr / 2:  # back near where it rose from: the old reference holds
+            self._end_episode(lv.first)
+            self._remember(lv, None)
+        elif len(ep.quiet) >= self.s.rearm_windows:  # settled higher: the new normal
+            self._end_episode(ep.quiet[0].first)
+            self._levels.clear()
+            self._ses.clear()
+            for q in ep.quiet:
+                self._levels.append(q)
+                self._ses.append(q.se)
+            self._best = None  # a slow divergence is measured from the new normal too
+
+    def _end_episode(self, since: int) -> None:
+        self._episode = None
+        self._since = since
 
     def _divergence(self, last: int) -> list[Finding]:
+        """A rise too slow for any window to show against the recent level: the smoothed level
+        far above its best and still rising."""
         smooth = self._train_at[-1][1]
         if self._best is None or smooth < self._best[0]:
             self._best = (smooth, last)
         best, best_step = self._best
         thr = max(math.log(self.s.divergence_ratio), self.s.divergence_z * self._noise())
-        if self._diverging:
-            if smooth - best < thr / 2:
-                self._diverging = False
-            return []
-        if self._spiking:
-            return []  # the same trouble, already reported as a spike
+        if self._episode is not None:
+            return []  # the same trouble, already reported
         rising = len(self._train_at) >= 3 and smooth > self._train_at[-3][1]
         if smooth - best <= thr or not rising:
             return []
-        self._diverging = True
         ratio = _ratio(smooth - best)
+        lv = self._recent[-1]
+        self._episode = _Episode(ref=best, thr=thr, peak=lv.level)
         return [Finding(
             kind="divergence", onset=best_step + 1, step=last, severity="error",
             message=(f"loss has risen {ratio:.2f}x above its best {math.exp(best):.4g} (step {best_step}) and is still "
                      "rising: the run is diverging, likely an LR too high; roll back to before the rise and lower the LR"),
-            data={"ratio": round(ratio, 4), "level_before": math.exp(best), "best_step": best_step})]
+            data={"ratio": round(ratio, 4), "level_before": math.exp(best), "best_step": best_step, "shape": "climb"})]
 
     def _plateau(self, last: int) -> list[Finding]:
         smooth = self._train_at[-1][1]
@@ -284,7 +376,7 @@ class LossDetectors:
         """Findings of one validation point (points must come in step order)."""
         if not math.isfinite(value):
             return []
-        self._val.append((step, _log(value)))
+        self._val.append((step, log_loss(value)))
         smooth = statistics.median(v for _, v in self._val[-3:])
         if len(self._val) < 3:
             return []

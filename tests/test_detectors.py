@@ -83,6 +83,55 @@ class TestSpike:
         assert [f.kind for f in feed(LossDetectors(), ws, []) if f.kind == "spike"] == ["spike"]
 
 
+class TestLanguageModelShapes:
+    """How language-model runs go wrong: small, certain shifts on smooth curves, slow climbs,
+    early blow-ups and second rebounds (per-step noise of a few percent, as at batch 16 x 64 tokens)."""
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_a_mild_level_shift_on_a_smooth_curve_is_found_within_a_window(self, seed: int) -> None:
+        losses = noisy(4000, seed, 0.03, floor=2.0, scale=2.0, tau=300)
+        onset = 2023
+        losses = [x * (1.12 if i + 1 >= onset else 1.0) for i, x in enumerate(losses)]
+        found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
+        assert len(found) == 1
+        assert onset <= found[0].step <= onset + W + W // 2
+        assert abs(found[0].onset - onset) <= W // 2
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_a_slow_climb_that_stays_is_found_early_with_its_onset(self, seed: int) -> None:
+        losses = noisy(4000, seed, 0.03, floor=2.2, scale=2.0, tau=300)
+        onset = 2000  # climbs x1.4 over ~225 steps, then stays there
+        losses = [x * math.exp(min(0.0015 * max(0, i + 1 - onset), math.log(1.4))) for i, x in enumerate(losses)]
+        found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
+        assert len(found) == 1 and found[0].kind == "divergence" and found[0].data["shape"] == "climb"
+        assert found[0].step <= onset + 2 * W
+        assert abs(found[0].onset - onset) <= W
+
+    def test_an_early_blowup_above_the_starting_loss_is_found(self) -> None:
+        rng = random.Random(5)
+        losses = [4.2 * math.exp(-i / 400) * math.exp(rng.gauss(0, 0.03)) for i in range(3000)]
+        for i in range(30, 130):  # the first steps at too high an LR: up to ~5x the start, then back
+            losses[i] *= 1 + 4 * math.sin(math.pi * (i - 30) / 100)
+        found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
+        assert len(found) == 1 and found[0].data["shape"] == "blowup"
+        assert found[0].step <= 100 and 10 <= found[0].onset <= 60
+
+    def test_a_second_rebound_after_a_new_normal_is_a_new_finding(self) -> None:
+        losses = noisy(5000, 6, 0.03, floor=2.0, scale=2.0, tau=300)
+        losses = [x * (1.2 if i + 1 >= 1500 else 1.0) * (1.2 if i + 1 >= 2800 else 1.0) for i, x in enumerate(losses)]
+        found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
+        assert [abs(f.onset - o) <= W // 2 for f, o in zip(found, (1500, 2800))] == [True, True]
+        assert len(found) == 2
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_one_wild_window_of_a_batch_1_run_is_not_an_alarm(self, seed: int) -> None:
+        # Steps spanning three orders of magnitude (log-normal, sigma 1.5); one window's median
+        # 1.6x its neighbours', then back.
+        losses = noisy(4000, seed, 1.5, floor=0.3, scale=1.0, tau=500)
+        losses = [x * (1.6 if 2000 <= i < 2050 else 1.0) for i, x in enumerate(losses)]
+        assert [f for f in run(losses) if f.kind in ("spike", "divergence")] == []
+
+
 class TestNanAndDivergence:
     def test_first_non_finite_step_is_the_onset(self) -> None:
         losses = noisy(3000, 5, 0.2)
