@@ -5,6 +5,7 @@ turn a finding and a run's intervention record into actions. No I/O here beyond 
 from __future__ import annotations
 
 import math
+import statistics
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -282,6 +283,47 @@ def cured(level_now: float, reference: float, policy: Policy) -> bool:
     """Whether the loss is back near where it was before the trouble (levels are loss values;
     `reference` from `cure_reference`)."""
     return level_now <= reference * policy.cure_ratio
+
+
+CURE_WINDOWS = 3
+"""Full windows past the cooldown that a remedy is judged on. The median of three window levels
+ignores one wild window (a median of two is moved half-way by it), and three windows still give
+the verdict soon after the cooldown."""
+
+RELAPSE_WINDOWS = 3
+"""Consecutive full windows above the cure bar, after a cure, that make a relapse: one high window
+is noise, three in a row are a level."""
+
+
+def window_level(losses: Sequence[float]) -> float:
+    """A window's loss level: the median of its steps, which a few wild minibatches cannot move.
+    A non-finite loss counts as infinitely high (NaN would make the median meaningless)."""
+    values = [v if math.isfinite(v) else math.inf for v in losses]
+    return statistics.median(values) if values else math.inf
+
+
+def cure_verdict(levels: Sequence[float], reference: float, policy: Policy) -> tuple[bool, float] | None:
+    """(cured, level) of a remedy, from the levels of the full windows of its own history past the
+    onset and the cooldown, in step order; None until there are `CURE_WINDOWS` of them.
+
+    Only the first `CURE_WINDOWS` count, whenever the supervisor looks: the verdict depends on the
+    run, not on how far it got before the daemon's next tick."""
+    if len(levels) < CURE_WINDOWS:
+        return None
+    level = statistics.median(levels[:CURE_WINDOWS])
+    return cured(level, reference, policy), level
+
+
+def relapse(levels: Sequence[float], reference: float, policy: Policy) -> int | None:
+    """After a cure: the index of the window that completes the first run of `RELAPSE_WINDOWS`
+    consecutive levels above the cure bar (the loss settled high again), None while there is none.
+    `levels` are those of the full windows after the ones the cure was judged on, in step order."""
+    run = 0
+    for i, level in enumerate(levels):
+        run = run + 1 if not cured(level, reference, policy) else 0
+        if run == RELAPSE_WINDOWS:
+            return i
+    return None
 
 
 def policy_summary(policy: Policy) -> str:

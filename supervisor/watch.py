@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainwarden.agent.records import InterventionInfo, RunInfo
 from trainwarden.agent.store import RunNotStartedError, Segments, Store, StoreError, in_lineage
@@ -24,15 +24,27 @@ from .detectors import (
     REBOUND_KINDS, Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed,
 )
 from .policy import (
-    CheckpointChoice, Decision, Policy, PolicyError, RunRecord, cure_reference, cured, decide, with_run_overrides,
+    CURE_WINDOWS, RELAPSE_WINDOWS, CheckpointChoice, Decision, Policy, PolicyError, RunRecord, cure_reference,
+    cure_verdict, decide, relapse, window_level, with_run_overrides,
 )
 
 ISSUER = "supervisor"
 SOURCE = "supervisor"
 COUNTED = ("issued", "applied", "rejected")  # statuses of interventions that used the budget
 REMEDY_MODES = ("auto", "ask", "cure")
+CURED = "cured"  # an intervention's outcome; any other outcome closes its follow-up
 
 Log = Callable[[str, str], None]  # (level, line)
+
+
+class WindowLevel(NamedTuple):
+    """One window of the current history, as a remedy is judged on it."""
+
+    branch: int
+    first_step: int
+    last_step: int
+    count: int
+    level: float
 
 
 def _owner(step: int, segments: Segments) -> int:
@@ -63,7 +75,8 @@ class RunWatch:
         self._segments: Segments = []
         self._window_cursor = 0
         self._metric_cursor = 0
-        self._last_step = 0  # newest step the detectors have seen on the current branch
+        self._levels: list[WindowLevel] = []  # the current history's windows (as the detectors saw them), in step order
+        self._remedy_branches: dict[int, int] = {}  # intervention id -> branch its commands were applied on
         self._written: dict[int, float] = {}  # step -> when the window or metric ending there was written
         self._live = LivenessDetectors(policy.detect)
         self._keys: set[str] | None = None
@@ -171,13 +184,14 @@ class RunWatch:
         self._det = LossDetectors(self._policy.detect)
         self._window_cursor = self._metric_cursor = 0
         self._written.clear()
+        self._levels.clear()
         return self._feed(s.lineage_windows(self._branch), s.lineage_metrics(self._branch, "val_loss"), s)
 
     def _feed(self, windows: list[Any], vals: list[Any], s: Store) -> list[Finding]:
         assert self._det is not None
         if windows:
             self._window_cursor = max(self._window_cursor, max(w.id for w in windows))
-            self._last_step = max(self._last_step if self._branch == windows[-1].branch else 0, windows[-1].last_step)
+        self._levels += [WindowLevel(w.branch, w.first_step, w.last_step, w.count, window_level(w.losses)) for w in windows]
         if vals:
             self._metric_cursor = max(self._metric_cursor, max(m.id for m in vals))
         self._written.update((w.last_step, w.time) for w in windows)
@@ -296,40 +310,102 @@ class RunWatch:
         self._judge(s, s.interventions(), now)
 
     def _judge(self, s: Store, interventions: list[InterventionInfo], now: float) -> None:
-        """After the cooldown of the newest applied remedy: cured, or a further cut."""
-        assert self.run is not None and self._det is not None
+        """The newest applied remedy, on its own windows past the onset and the cooldown: cured, or a
+        further cut; once cured, a level that settles above the cure bar again is a relapse."""
+        assert self.run is not None
         todo = [iv for iv in interventions
                 if iv.status == "applied" and iv.mode in REMEDY_MODES and iv.finding in REBOUND_KINDS]
-        if not todo or todo[-1].outcome is not None or todo[-1].level_before is None:
+        if not todo or todo[-1].outcome not in (None, CURED) or todo[-1].level_before is None:
             return
         iv = todo[-1]
-        # Judge once the run is past the cooldown and has gone through the troubled place again.
-        end = max(self._applied_step(s, iv), iv.onset) + self._policy.cooldown_steps
-        level = self._det.current_level
-        if self._last_step < end or level is None or self.run.branch != self._branch:
+        windows = self._remedy_windows(s, iv)
+        if windows is None:
             return
         before = cure_reference(iv.level_before, self._restored_loss(s, iv))
-        if cured(level, before, self._policy):
+        if iv.outcome is None:
+            self._judge_cure(s, todo, windows, before, now)
+        else:
+            self._watch_relapse(s, iv, windows[CURE_WINDOWS:], before, now)
+
+    def _remedy_windows(self, s: Store, iv: InterventionInfo) -> list[WindowLevel] | None:
+        """The full windows of the remedy's own history whose steps are past the onset (the run went
+        through the troubled place again) and the cooldown, in step order; None when the current
+        history does not descend from the branch the remedy was applied on (someone rolled the run
+        back since: those windows say nothing about this remedy)."""
+        assert self.run is not None
+        owners = [branch for branch, _, _ in self._segments]
+        branch = self._remedy_branch(s, iv)
+        if branch not in owners:
+            return None
+        own = set(owners[owners.index(branch):])
+        # Steps of the remedy's own branch: a rollback's commands are acknowledged at the step it
+        # restored (the fork step), and the abandoned branch's later steps count for nothing here.
+        start = max(iv.onset, self._applied_step(s, iv) + self._policy.cooldown_steps)
+        size = self.run.config.get("window")
+        full = size if isinstance(size, int) else self._policy.detect.window
+        # A window cut at a fork or flushed early (a pause) is partial: it mixes histories or is short.
+        return [w for w in self._levels if w.branch in own and w.first_step > start and w.count >= full]
+
+    def _remedy_branch(self, s: Store, iv: InterventionInfo) -> int:
+        """The branch the intervention's commands were applied on: the one its rollback started. The
+        agent acknowledges a command together with an event that names its command and branch."""
+        if iv.id not in self._remedy_branches:
+            ids = set(iv.commands)
+            acks = [e.branch for e in s.events() if e.source == "agent" and e.data.get("command") in ids]
+            # No such event: commands that write none (a lone resume) changed no branch.
+            self._remedy_branches[iv.id] = next((b for b in reversed(acks) if b is not None), iv.branch)
+        return self._remedy_branches[iv.id]
+
+    def _judge_cure(self, s: Store, todo: list[InterventionInfo], windows: list[WindowLevel], before: float, now: float) -> None:
+        """Cured (the chain of cuts ends), or not and a further cut, once the remedy's windows are there."""
+        iv = todo[-1]
+        verdict = cure_verdict([w.level for w in windows], before, self._policy)
+        if verdict is None:
+            return
+        ok, level = verdict
+        at = windows[CURE_WINDOWS - 1].last_step
+        if ok:
             with self._transaction(s):
-                s.update_intervention(iv.id, outcome="cured")
+                s.update_intervention(iv.id, outcome=CURED)
                 for done in todo:  # the chain of cuts is over: its rollback targets need no pin
                     for a in done.actions:
                         if a["kind"] == "rollback":
                             s.set_pinned(a["args"]["target"], False)
                 self._event(s, "cured", "info",
                             f"intervention {iv.id} cured the run: loss level {level:.4g} vs {self._words(before, iv)}",
-                            step=self._last_step, data={"intervention": iv.id})
+                            step=at, data={"intervention": iv.id, "level": level})
             return
         # One transaction with the further cut: a kill in between must not leave the outcome
         # written and the cut never made.
         with self._transaction(s):
             s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {self._words(before, iv)}")
             finding = Finding(
-                kind=iv.finding, onset=iv.onset, step=self._last_step, severity="error",
+                kind=iv.finding, onset=iv.onset, step=at, severity="error",
                 message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
                          f"above {self._policy.cure_ratio:g} x {self._words(before, iv)}"),
-                data={"level_before": before, "level": level, "after": iv.id})
+                # The further cut inherits the level before the onset, not this cut's reference: a
+                # rolled-back-to checkpoint's higher loss must not loosen the judgement of the next
+                # cut, which restores a checkpoint of its own.
+                data={"level_before": iv.level_before, "level": level, "after": iv.id})
             self._handle(s, finding, now, key=f"cure:{iv.id}", note="not cured: a further cut")
+
+    def _watch_relapse(self, s: Store, iv: InterventionInfo, windows: list[WindowLevel], before: float, now: float) -> None:
+        """After a cure, the loss settling above the cure bar again is a finding, not silence: the
+        spike detector may have reported this trouble already (held during the cooldown) and stay
+        quiet about it."""
+        i = relapse([w.level for w in windows], before, self._policy)
+        if i is None:
+            return
+        high = windows[i - RELAPSE_WINDOWS + 1: i + 1]
+        levels = ", ".join(f"{w.level:.4g}" for w in high)
+        with self._transaction(s):  # the outcome and the finding (and its cut) together, as above
+            s.update_intervention(iv.id, outcome=f"cured, then relapsed: levels {levels} from step {high[0].first_step}")
+            finding = Finding(
+                kind=iv.finding, onset=high[0].first_step, step=high[-1].last_step, severity="error",
+                message=(f"the loss settled above {self._policy.cure_ratio:g} x {self._words(before, iv)} again after "
+                         f"intervention {iv.id} cured the run: levels {levels} from step {high[0].first_step}"),
+                data={"level_before": iv.level_before, "level": high[-1].level, "after": iv.id})
+            self._handle(s, finding, now, key=f"relapse:{iv.id}", note="relapsed after a cure: a further cut")
 
     @staticmethod
     def _restored_loss(s: Store, iv: InterventionInfo) -> float | None:

@@ -2,14 +2,15 @@
 pure decision rules (modes, rollback target, cooldown, budget)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from trainwarden.supervisor.detectors import Finding
 from trainwarden.supervisor.policy import (
-    CheckpointChoice, Policy, PolicyError, RunRecord, cure_reference, cured, decide, load_policy, rollback_target,
-    with_run_overrides,
+    CheckpointChoice, Policy, PolicyError, RunRecord, cure_reference, cure_verdict, cured, decide, load_policy, relapse,
+    rollback_target, window_level, with_run_overrides,
 )
 
 
@@ -170,3 +171,22 @@ class TestCure:
         assert not cured(0.05, ref, p)  # still rebounding: a further cut
         assert cure_reference(0.02, 0.01) == 0.02  # a better checkpoint never tightens the rule
         assert cure_reference(0.02, float("nan")) == 0.02
+
+    def test_judged_on_the_first_three_windows_past_the_cooldown_whenever_it_is_looked_at(self) -> None:
+        p = Policy(cure_ratio=1.25)
+        assert cure_verdict([0.2, 0.2], 0.2, p) is None  # too few windows yet
+        assert cure_verdict([0.2, 0.9, 0.22], 0.2, p) == (True, 0.22)  # one wild window is ignored
+        assert cure_verdict([0.58, 0.45, 0.2], 0.22, p) == (False, 0.45)
+        # Windows that came later do not change the verdict: it is the run's, not the daemon's timing.
+        assert cure_verdict([0.58, 0.45, 0.2, 0.2, 0.2, 0.2], 0.22, p) == (False, 0.45)
+
+    def test_a_window_level_is_its_median_and_a_non_finite_loss_counts_as_high(self) -> None:
+        assert window_level([0.3, 0.1, 0.2, 50.0, 0.2]) == 0.2
+        assert window_level([0.1, float("nan"), float("nan")]) == math.inf
+        assert window_level([]) == math.inf
+
+    def test_after_a_cure_a_level_that_settles_above_the_bar_is_a_relapse(self) -> None:
+        p = Policy(cure_ratio=1.25)
+        assert relapse([0.2, 0.3, 0.2, 0.3, 0.3, 0.2], 0.2, p) is None  # single high windows: noise
+        assert relapse([0.2, 0.35, 0.4, 0.51, 0.45], 0.2, p) == 3  # the issue's 1.6-2.6x, three in a row
+        assert relapse([0.25, 0.25, 0.25], 0.2, p) is None  # at the bar is still cured

@@ -5,6 +5,7 @@ skips stores it cannot read and keeps its policy when a reload fails."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sqlite3
 import statistics
@@ -16,6 +17,7 @@ from pathlib import Path
 from conftest import cli, wait_for
 
 from trainwarden.agent.store import Store
+from trainwarden.supervisor.policy import window_level
 
 # Small windows (tiny_train's --window 10), a short cooldown: the whole loop in seconds.
 POLICY = """
@@ -44,6 +46,34 @@ def interventions(run: Path) -> list:
 def commands(run: Path) -> list:
     with Store.open(run) as s:
         return s.commands()
+
+
+def assert_judged_on_their_own_windows(run: Path, cooldown: int, window: int) -> None:
+    """Every verdict on a remedy (cured, or not and a further cut) was reached on the windows it must
+    be judged on: the first three full windows of the remedy's branch (or a descendant) past its
+    onset and its cooldown, written before the verdict, their median level its level. Not on the
+    abandoned branch's steps, nor the new branch's first windows, nor whatever came last."""
+    with Store.open(run) as s:
+        events = s.events()
+        judged = 0
+        for iv in s.interventions():
+            verdicts = [e for e in events if e.source == "supervisor" and (
+                (e.kind == "cured" and e.data.get("intervention") == iv.id) or e.data.get("key") == f"cure:{iv.id}")]
+            if not verdicts:
+                continue
+            remedy = [e.branch for e in events if e.source == "agent" and e.data.get("command") in iv.commands][-1]
+            start = max(iv.onset, max(s.command(i).applied_step for i in iv.commands) + cooldown)
+            own = [b for b, _, _ in s.lineage(verdicts[0].branch)]
+            assert remedy in own, (iv.id, remedy, own)
+            mine = set(own[own.index(remedy):])
+            windows = [w for w in s.lineage_windows(verdicts[0].branch)
+                       if w.branch in mine and w.first_step > start and w.count == window][:3]
+            assert len(windows) == 3 and all(w.time <= verdicts[0].time for w in windows), (iv.id, iv.outcome)
+            data = verdicts[0].data
+            level = data["level"] if verdicts[0].kind == "cured" else data["finding"]["data"]["level"]
+            assert math.isclose(level, statistics.median(window_level(w.losses) for w in windows)), (iv.id, level)
+            judged += 1
+        assert judged
 
 
 def test_rebound_is_rolled_back_and_the_lr_cut_until_cured(tmp_path, daemon, trainer):
@@ -77,6 +107,7 @@ def test_rebound_is_rolled_back_and_the_lr_cut_until_cured(tmp_path, daemon, tra
     assert "cured" in kinds or "needs_person" in kinds
     log = d.text()
     assert f"jump step {first.step} {first.finding}:" in log and "intervention 1:" in log
+    assert_judged_on_their_own_windows(run, cooldown=50, window=10)
 
 
 def test_kill_9_mid_intervention_neither_loses_nor_repeats_it(tmp_path, daemon, trainer):
@@ -244,6 +275,7 @@ def test_end_to_end_example_under_trainwarden_run_recovers_to_a_healthy_final_lo
     with Store.open(healthy) as s:
         reference = statistics.median(statistics.median(w.losses) for w in s.lineage_windows(s.run().branch)[-10:])
     assert final <= 1.5 * reference, (final, reference)
+    assert_judged_on_their_own_windows(run, cooldown=250, window=50)
 
 
 def test_budget_spent_pauses_the_run_for_a_person_per_run_overrides_apply(tmp_path, daemon, trainer):
