@@ -312,7 +312,8 @@ class LossDetectors:
         self._noise_cache = None
         if previous is not None and ep.quiet and previous is ep.quiet[-1]:
             self._diffs.append(lv.level - previous.level)  # the new regime's own noise
-        if lv.level > ep.peak + ep.thr / 4:
+        # A new high by more than the noise: still rising (a slow climb must not pass for a new normal).
+        if lv.level > ep.peak + self._noise():
             ep.peak, ep.quiet = lv.level, []
         else:
             ep.quiet.append(lv)
