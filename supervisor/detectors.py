@@ -187,7 +187,10 @@ class LossDetectors:
         if self._episode is not None:
             self._follow(lv, previous)
         else:
-            found = self._blowup(lv) or self._rise(lv)
+            # Until the recent level can be judged, the starting loss is the only reference; after
+            # it, a rise above the start is a rise above the recent level too (or the new normal).
+            early = self._seen <= self.s.warmup_windows or len(self._levels) < 3
+            found = self._blowup(lv) if early else self._rise(lv)
             if found is not None:
                 out.append(found)
             else:
@@ -239,7 +242,7 @@ class LossDetectors:
         self._ses.append(lv.se)
 
     def _blowup(self, lv: Level) -> Finding | None:
-        """Far above the run's starting loss, at any step (the first windows included)."""
+        """Far above the run's starting loss, in the first windows (before the recent level is known)."""
         assert self._start is not None
         start, start_se = self._start
         noise = math.hypot(lv.se * math.sqrt(2), start_se)
@@ -259,8 +262,6 @@ class LossDetectors:
     def _rise(self, lv: Level) -> Finding | None:
         """Above the recent healthy level by more than the noise allows: in this window's median,
         in its second half (a rise that began mid-window), or in the last two windows together."""
-        if self._seen <= self.s.warmup_windows or len(self._levels) < 3:
-            return None
         ref = min(x.level for x in self._levels)
         noise = self._noise()
         floor = math.log(self.s.spike_ratio)
