@@ -123,6 +123,12 @@ class TestLanguageModelShapes:
         assert [abs(f.onset - o) <= W // 2 for f, o in zip(found, (1500, 2800))] == [True, True]
         assert len(found) == 2
 
+    def test_a_step_up_above_the_starting_loss_that_stays_is_reported_once(self) -> None:
+        losses = noisy(5000, 7, 0.1, floor=0.2, scale=0.05, tau=5000)  # barely learning
+        losses = [x * (2.5 if i + 1 > 1200 else 1.0) for i, x in enumerate(losses)]
+        found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
+        assert [(f.kind, f.onset) for f in found] == [("spike", 1201)]
+
     @pytest.mark.parametrize("seed", range(3))
     def test_one_wild_window_of_a_batch_1_run_is_not_an_alarm(self, seed: int) -> None:
         # Steps spanning three orders of magnitude (log-normal, sigma 1.5); one window's median
