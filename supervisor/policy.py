@@ -67,7 +67,8 @@ class Policy(_Model):
     cure_ratio: float = Field(1.25, ge=1.0)
     """Cured when, after the cooldown, the loss level is at most this multiple of its level before
     the onset (or of the rolled-back-to checkpoint's loss, if higher); otherwise a further cut
-    follows (rollback again, LR scaled again)."""
+    follows (rollback again, LR scaled again). After a cure, three windows in a row above that bar
+    are a relapse and a further cut."""
     max_interventions: int = Field(6, ge=1)
     """Interventions per run; the next one pauses the run and asks for a person instead."""
     act_within_s: float = Field(300.0, gt=0.0)
