@@ -79,10 +79,38 @@ def find_runs(root: Path, depth: int = SCAN_DEPTH) -> list[Path]:
     return sorted(found)
 
 
+# syslog priorities of the logging levels: journald reads a `<N>` prefix on a line of a service's
+# stderr as the line's priority (so `journalctl -p warning` shows warnings and errors only).
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is systemd's journal stream: systemd sets $JOURNAL_STREAM to the stream's
+    `device:inode`, and a child whose stderr was redirected elsewhere inherits the variable but not
+    the stream, so both must match."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<priority>LEVEL message`: journald adds the time itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{record.levelname} {record.getMessage()}"
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr with its level (journald keeps stderr)."""
+    """One line per event on stderr with its level; under systemd, with the journal's priority
+    prefix and without a timestamp of our own (journald keeps stderr and stamps each line)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    if stderr_is_journal():
+        handler.setFormatter(_JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger("trainwarden")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -2,6 +2,7 @@
 (with no warning), and the command writes or prints them with this environment's paths."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,3 +83,26 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and "cannot write" in r.stderr and "--print" in r.stderr
     r = cli("install-systemd", "--user", "--system")
     assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_log_lines_carry_the_journal_priority_under_systemd(tmp_path, daemon, journal):
+    """Under systemd (stderr is the stream $JOURNAL_STREAM names) each line starts with its syslog
+    priority, so `journalctl -p warning` works, and has no timestamp of its own (journald stamps
+    it); elsewhere (the variable inherited, the stream not) lines keep their timestamp."""
+    root = tmp_path / "runs"
+    (root / "broken").mkdir(parents=True)
+    (root / "broken" / "trainwarden.db").write_bytes(b"not a database " * 100)
+    log = tmp_path / "daemon-0.log"  # the file the fixture's daemon writes its stderr to
+    log.touch()
+    st = (log if journal else tmp_path).stat()
+    text = daemon(root, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}).wait_log("store unreadable")
+    lines = text.splitlines()
+    watching = next(line for line in lines if "watching" in line)
+    unreadable = next(line for line in lines if "store unreadable" in line)
+    if journal:
+        assert watching.startswith("<6>INFO ") and unreadable.startswith("<3>ERROR ")
+        assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines)
+    else:
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", watching)
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ERROR ", unreadable)
