@@ -230,9 +230,6 @@ class LossDetectors:
         from_steps = math.sqrt(2) * statistics.median(self._ses) if self._ses else 0.0
         return max(from_diffs, from_steps)
 
-    def _threshold(self) -> float:
-        return max(math.log(self.s.spike_ratio), self.s.spike_z * self._noise())
-
     def _remember(self, lv: Level, previous: Level | None) -> None:
         """A healthy window: it joins the reference and the noise estimate."""
         self._noise_cache = None
@@ -292,7 +289,7 @@ class LossDetectors:
         as far back as the recent windows go, never before the last re-arm)."""
         windows = list(self._recent)
         ref_window = min(self._levels, key=lambda x: x.level) if self._levels else windows[0]
-        lo = max(earliest, ref_window.first if ref_window.first >= windows[0].first else windows[0].first)
+        lo = max(earliest, ref_window.first, windows[0].first)
         steps = [s for w in windows for s in w.steps]
         logs = [v for w in windows for v in w.logs]
         block = max(1, self.s.window // 10)
