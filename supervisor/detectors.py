@@ -59,10 +59,10 @@ class DetectorSettings(BaseModel):
     a blow-up above the run's starting loss is judged from the first window on."""
     history_windows: int = Field(10, ge=3, le=10_000)
     """Recent windows that make the reference level (their lowest median)."""
-    spike_ratio: float = Field(1.08, gt=1.0, le=1e6)
+    spike_ratio: float = Field(1.04, gt=1.0, le=1e6)
     """Smallest rise of a window's median over the reference level that counts, however smooth
     the curve (the floor under the noise-scaled threshold)."""
-    spike_z: float = Field(6.0, gt=0.0, le=1e6)
+    spike_z: float = Field(5.5, gt=0.0, le=1e6)
     """A rise must also exceed this many times the run's window-to-window noise."""
     blowup_ratio: float = Field(1.3, gt=1.0, le=1e6)
     """A window's median this far above the run's starting loss is a finding at any step."""
@@ -138,7 +138,9 @@ class LossDetectors:
         self._ses: deque[float] = deque(maxlen=self.s.history_windows)
         self._sizes: deque[int] = deque(maxlen=self.s.history_windows)
         self._smooth: deque[float] = deque(maxlen=3)
-        self._start: tuple[float, float] | None = None  # starting level (log) and its standard error
+        self._start: tuple[float, float] | None = None  # first loss and median of the first 10 (log)
+        self._calm = math.inf  # lowest per-step noise of the early windows (a blow-up inflates its own)
+        self._early_peak: tuple[float, int] | None = None  # highest 10-step median of the early windows, its step
         self._seen = 0
         self._noise_cache: float | None = None
         self._since = 0  # no onset is placed before this step (the last time the detector re-armed)
@@ -172,8 +174,7 @@ class LossDetectors:
         if lv is None:  # too few finite values to judge a level
             return out
         if self._start is None:
-            head = lv.logs[:10]
-            self._start = (statistics.median(head), median_se(step_sigma(lv.logs), len(head)))
+            self._start = (lv.logs[0], statistics.median(lv.logs[:10]))
         # A short window (flushed at a pause, a rollback or the end) has a noisier median than
         # the thresholds assume: it may raise a NaN finding but is not judged for a rise.
         full = len(losses) >= max(self._sizes, default=0) // 2
@@ -239,19 +240,34 @@ class LossDetectors:
         self._ses.append(lv.se)
 
     def _blowup(self, lv: Level) -> Finding | None:
-        """Far above the run's starting loss, in the first windows (before the recent level is known)."""
+        """Far above the run's starting loss, in the first windows (before the recent level is known).
+
+        The start is the first loss (a blow-up can begin at the second step) or the median of the
+        first ten; the height is the highest 10-step median so far (an early blow-up may come back
+        within the window); the noise is that of the calmest early window, since the blow-up
+        inflates its own window's."""
         assert self._start is not None
-        start, start_se = self._start
-        noise = math.hypot(lv.se * math.sqrt(2), start_se)
-        thr = max(math.log(self.s.blowup_ratio), self.s.spike_z * noise)
-        risen = max(lv.level - start, lv.tail - start - thr * 0.5)
-        if risen <= thr:
+        self._calm = min(self._calm, step_sigma(lv.logs))
+        for i in range(0, len(lv.logs) - 9, 10):
+            block = statistics.median(lv.logs[i:i + 10])
+            if self._early_peak is None or block > self._early_peak[0]:
+                self._early_peak = (block, lv.steps[i])
+        assert self._early_peak is not None
+        peak = self._early_peak[0]
+        se_block = median_se(self._calm, 10)
+        first, head = self._start
+        floor = math.log(self.s.blowup_ratio)
+        rises = [(peak - first, max(floor, self.s.spike_z * math.hypot(se_block, self._calm))),
+                 (peak - head, max(floor, self.s.spike_z * math.hypot(se_block, se_block)))]
+        start, thr = next(((peak - r, t) for r, t in rises if r > t), (None, 0.0))
+        if start is None:
             return None
+        self._early_peak = None  # reported: a later blow-up is measured afresh
         ref = min((x.level for x in self._levels), default=start)
-        onset = self._locate(ref, earliest=self._since)
-        ratio = _ratio(max(lv.level, lv.tail) - start)
+        onset = self._locate(min(ref, start), earliest=self._since)
+        ratio = _ratio(peak - start)
         return self._report(
-            "spike", onset.step, lv, ref, thr, "blowup",
+            "spike", onset.step, lv, min(ref, start), thr, "blowup",
             f"loss blew up to {ratio:.2f}x the run's starting level {math.exp(start):.4g} from step {onset.step}: "
             "likely an LR too high for this stage (no or too short a warm-up); roll back to before it and lower the LR",
             ratio)
@@ -268,7 +284,7 @@ class LossDetectors:
         prev = self._levels[-1]
         pair = (prev.last + 1 >= lv.first and lv.level >= prev.level
                 and min(lv.level, prev.level) - ref > pair_thr and prev.level > ref)
-        if not (lv.level - ref > thr or lv.tail - ref > tail_thr or pair):
+        if not (lv.level - ref > thr or lv.tail - ref > tail_thr or pair or self._burst(lv, ref, floor, noise)):
             return None
         onset = self._locate(ref, earliest=self._since)
         ratio = _ratio(max(lv.level, lv.tail) - ref)
@@ -283,6 +299,15 @@ class LossDetectors:
             f"loss rebounded {ratio:.2f}x above its recent level {math.exp(ref):.4g} from step {onset.step}: "
             "likely an LR too high or bad batches; roll back to before the onset and lower the LR",
             ratio)
+
+    def _burst(self, lv: Level, ref: float, floor: float, noise: float) -> bool:
+        """A spike shorter than a window (gone before the window ends, so its median barely moves):
+        two consecutive 10-step medians both above the reference by more than their own noise and
+        the reference's allow."""
+        blocks = [statistics.median(lv.logs[i:i + 10]) for i in range(0, len(lv.logs) - 9, 10)]
+        se = median_se(step_sigma(lv.logs), 10)
+        thr = max(floor, self.s.spike_z * math.hypot(se, noise / math.sqrt(2)))
+        return any(min(a, b) - ref > thr for a, b in zip(blocks, blocks[1:]))
 
     def _locate(self, ref: float, earliest: int) -> Onset:
         """Where the rise began, fitted on the recent windows' steps (from the reference window on,
