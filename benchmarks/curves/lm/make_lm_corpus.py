@@ -1,8 +1,11 @@
 """Build a labelled corpus of REAL language-model training loss curves for scoring rebound detectors.
 
-    python benchmarks/curves/lm/make_lm_corpus.py              # every curve (~15 min on 2 cores)
+    python benchmarks/curves/lm/make_lm_corpus.py              # every curve (~16 min on 2 free cores)
     python benchmarks/curves/lm/make_lm_corpus.py --only NAME  # one curve (the others are kept)
     python benchmarks/curves/lm/make_lm_corpus.py --plots      # also redraw plots/NAME.png
+    python benchmarks/curves/lm/make_lm_corpus.py --no-train --plots   # check/plot the CSVs already written
+    python benchmarks/curves/lm/make_lm_corpus.py --report     # the README tables
+    python benchmarks/curves/lm/make_lm_corpus.py --probe NAME:STEP    # labelling helper
 
 Every curve is the per-step training loss of an actual training of a small decoder-only
 transformer (pre-norm, learned position embeddings, context 64, 4 heads) on a token stream made
@@ -326,7 +329,7 @@ def lr_at(r: Recipe, step: int) -> float:
 # One training run -> rows of (step, train_loss, val_loss or None).
 # ---------------------------------------------------------------------------------------------
 
-Row = tuple[int, float, "float | None"]
+Row = tuple[int, float, float | None]
 
 
 def lm_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
@@ -411,17 +414,20 @@ LABELS: dict[str, tuple[list[int], list[str], str]] = {
     "hot_b8_lr7e-2_s54": ([732, 1535, 1858, 2259], ["spike", "spike", "spike", "spike"],
                           "plateau ~3.64 with four spikes that come back, growing: x1.05, 1.09, 1.11, 1.13"),
     "hot_b8_lr9e-2_b999_s55": ([251, 1919], ["step", "spike"],
-                               "jump 3.7 -> 4.15 at 251 (during warm-up) that stays; spike to ~20 at 1919, back by ~2020"),
+                               "jump 3.7 -> 4.15 at 251 (during warm-up) that stays; spike to ~20 at 1919, "
+                               "back by ~2020"),
     "hot_b8_lr5e-2_s36": ([], [], "healthy: noisy plateau at ~3.61, no rise"),
     "hot_b16_lr2e-2_b95_nowarm_s21": ([], [], "healthy: slow decline 4.1 -> 3.25 without the usual drop"),
     "hot_b16_lr6e-2_s81": ([534, 878, 1303], ["spike", "spike", "level_shift"],
                            "small spike at 534, spike to ~4.1 at 878, then jump to ~4.15 at 1303 that stays"),
     "hot_b16_lr5e-2_b999_s82": ([738], ["level_shift"], "settled at ~3.57, jumped to ~4.15 at 738 and stayed"),
     "hot_b16_lr6e-2_b999_s83": ([520], ["level_shift"], "settled at ~3.59, jumped to ~4.13 at 520 and stayed"),
-    # warm: the loss bottoms out while the LR still rises, then jumps up for good (step), with spikes
+    # warm: the loss bottoms out while the LR still rises, then jumps up for good (step; level_shift
+    # when it happened after the warm-up had ended), with spikes
     "warm_b16_w400_lr1e-1": ([284], ["step"], "bottomed at ~3.6, jumped to ~4.12 at 284 (LR 7e-2) and stayed"),
-    "warm_b16_w1500_lr8e-2": ([1211, 1548], ["spike", "step"],
-                              "spike to ~3.9 at 1211 (back by ~1260); jump to ~4.1 at 1548 that stays"),
+    "warm_b16_w1500_lr8e-2": ([1211, 1548], ["spike", "level_shift"],
+                              "spike to ~3.9 at 1211 (back by ~1260); jump to ~4.1 at 1548 (48 steps after the "
+                              "warm-up ended, at constant LR) that stays"),
     "warm_b16_w1500_lr15e-2": ([770], ["step"], "plateau ~3.59, jumped to ~4.13 at 770 (LR 7.7e-2) and stayed"),
     "warm_b16_w2000_lr1e-1_b999": ([1090, 1819], ["step", "spike"],
                                    "jump 3.56 -> 4.13 at 1090 that stays; spike to ~35 at 1819, back by ~1920"),
@@ -462,7 +468,8 @@ LABELS: dict[str, tuple[list[int], list[str], str]] = {
     # blowup: within 20 steps the loss is 2-9x the starting 4.16, and back near 4.12 by step 36-74
     "blowup_b8_lr05_exp": ([2], ["blowup"], "loss to ~30 by step 12, back to ~4.12 by ~75; then flat (no learning)"),
     "blowup_b8_lr03_untied_exp": ([2], ["blowup"], "loss to ~12.5 by step 8, back by ~40; then slow decline to ~4.0"),
-    "blowup_b8_d96_lr02_untied_exp": ([2], ["blowup"], "loss to ~14 by step 8, back by ~50; then slow decline to ~4.03"),
+    "blowup_b8_d96_lr02_untied_exp": ([2], ["blowup"],
+                                      "loss to ~14 by step 8, back by ~50; then slow decline to ~4.03"),
     "blowup_b16_lr05": ([2], ["blowup"], "loss to ~38 by step 19, back by ~73; then flat at ~4.12"),
     "blowup_b16_lr05_untied": ([2], ["blowup"], "loss to ~30 by step 19, back by ~72; then flat at ~4.12"),
     "blowup_b16_d128_lr01_untied": ([2], ["blowup"], "loss to ~13 at step 4, back by ~36; then flat at ~4.12"),
@@ -514,6 +521,18 @@ def settle(rows: list[Row], onsets: list[int], i: int, kind: str) -> float:
     first = onset + (300 if kind == "climb" else 100)
     meds = [median_loss(rows, s, s + 100) for s in range(first, end - 99, 25)]
     return min(meds) / median_loss(rows, onset - 200, onset)
+
+
+def worst_bump(r: Recipe, rows: list[Row]) -> tuple[float, int]:
+    """The largest rise NOT labelled: max over S (every 10th step from 300, or from half the warm-up
+    when that is longer; S not within 100 steps before or 600 after a labelled onset) of the
+    rolling median's peak over [S, S+100) / median[S-200, S), and its S. Used to look for rises
+    missed while labelling."""
+    onsets = LABELS[r.name][0]
+    rm = rolling_median(rows)
+    return max((max(rm[s - 1:s + 99]) / median_loss(rows, s - 200, s), s)
+               for s in range(max(300, r.warmup // 2), len(rows) - 20, 10)
+               if not any(o - 100 <= s <= o + 600 for o in onsets))
 
 
 def worst_rise(rows: list[Row], first: int = 400) -> tuple[float, int]:
@@ -568,7 +587,8 @@ def check(r: Recipe, rows: list[Row]) -> None:
         need = 1.03 if kind == "spike" else 1.05       # spikes are labelled from a 1.03x peak (README)
         assert after >= need * before, f"{r.name}: {kind} at {onset}: {after:.4g} vs {before:.4g} before"
         back = settle(rows, onsets, i, kind) < 1.05
-        assert back == (kind == "spike"), f"{r.name}: {kind} at {onset}, but the loss {'came' if back else 'stayed'} back"
+        assert back == (kind == "spike"), \
+            f"{r.name}: {kind} at {onset}, but the loss {'came back' if back else 'stayed up'} (settle)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,11 +679,12 @@ def probe(rows: list[Row], step: int) -> None:
 
 
 def report(results: dict[str, list[Row]]) -> None:
-    print("| name | label | onsets | kinds | split | steps | cause |\n|---|---|---|---|---|---|---|")
+    print("| name | label | onsets | kinds | split | steps | bump | cause |\n|---|---|---|---|---|---|---|---|")
     for r in CURVES:
         e = labels_entry(r, results[r.name])
+        bump, at = worst_bump(r, results[r.name])
         print(f"| `{r.name}` | {e['label']} | {', '.join(map(str, e['onsets'])) or '-'} | "
-              f"{', '.join(e['kinds']) or '-'} | {e['split']} | {e['steps']} | {e['cause']} |")
+              f"{', '.join(e['kinds']) or '-'} | {e['split']} | {e['steps']} | {bump:.3f} ({at}) | {e['cause']} |")
     print("\n| healthy curve | batch | spread | window | worst rise (step) |\n|---|---|---|---|---|")
     for r in CURVES:
         rows = results[r.name]
