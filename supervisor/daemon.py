@@ -282,25 +282,21 @@ class Supervisor:
     # ------------------------------------------------------------------- run
     def run(self) -> None:
         """Block until SIGTERM/SIGINT; SIGHUP reloads the policy."""
-        from apscheduler.schedulers.blocking import BlockingScheduler
+        from apscheduler.schedulers.background import BackgroundScheduler
 
         for root in self.roots:
             try:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # e.g. under a service's read-only sandbox: say which root, and stop
                 raise SupervisorError(f"cannot create root {root}: {exc.strerror or exc}") from None
-        scheduler = BlockingScheduler()
-        self._scheduler = scheduler
-        stopped_early = False
+        # The handlers only set flags; this thread starts and stops the scheduler, so a signal that
+        # lands while the scheduler is starting cannot be lost (it was, with a BlockingScheduler).
+        stop_requested = threading.Event()
+        signals: list[int] = []
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            nonlocal stopped_early
-            log.info("stopping (signal %d)", signum)
-            self.notifier.stopping()
-            if scheduler.running:
-                scheduler.shutdown(wait=True)  # let a running tick finish its transaction
-            else:  # before the scheduler started: do not start it
-                stopped_early = True
+            signals.append(signum)
+            stop_requested.set()
 
         def hup(signum: int, frame: FrameType | None) -> None:
             self._reload = True
@@ -311,19 +307,28 @@ class Supervisor:
         signal.signal(signal.SIGHUP, hup)
         log.info("trainwarden supervise: roots %s; policy %s: %s", ", ".join(map(str, self.roots)),
                  self.policy_path or "(defaults)", policy_summary(self.policy))
-        self._watch_roots()
-        self.rescan()
-        scheduler.add_job(self.tick, "interval", seconds=self.tick_s, max_instances=1, coalesce=True,
-                          next_run_time=_now_dt(), id="tick")
-        scheduler.add_job(self.rescan, "interval", seconds=self.rescan_s, max_instances=1, coalesce=True, id="rescan")
-        if self.notifier.watchdog_interval_s:
-            scheduler.add_job(self.feed_watchdog, "interval", seconds=self.notifier.watchdog_interval_s,
-                              max_instances=1, coalesce=True, id="watchdog")
-        self.notifier.ready(self.status_line())  # the roots are watched; the first tick runs now
+        scheduler = BackgroundScheduler()
+        self._scheduler = scheduler
         try:
-            if not stopped_early:
+            self._watch_roots()
+            self.rescan()
+            scheduler.add_job(self.tick, "interval", seconds=self.tick_s, max_instances=1, coalesce=True,
+                              next_run_time=_now_dt(), id="tick")
+            scheduler.add_job(self.rescan, "interval", seconds=self.rescan_s, max_instances=1, coalesce=True,
+                              id="rescan")
+            if self.notifier.watchdog_interval_s:
+                scheduler.add_job(self.feed_watchdog, "interval", seconds=self.notifier.watchdog_interval_s,
+                                  max_instances=1, coalesce=True, id="watchdog")
+            if not stop_requested.is_set():
                 scheduler.start()
+                self.notifier.ready(self.status_line())  # the roots are watched; the first tick runs now
+            while not stop_requested.wait(1.0):
+                pass
+            log.info("stopping (signal %d)", signals[0])
+            self.notifier.stopping()
         finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=True)  # let a running tick finish its transaction
             for observer in self._observers:
                 observer.stop()  # type: ignore[attr-defined]
             for watch in self.runs.values():

@@ -48,7 +48,8 @@ class Outcome:
 
     steps: int
     findings: int
-    interventions: int
+    interventions: int  # applied ones
+    unapplied: int  # issued but never applied (e.g. the run ended first)
     rolled_back: int  # branches left behind by rollbacks (kept in the store)
     final_loss: float | None
 
@@ -150,9 +151,10 @@ class Demo:
         with Store.open(self.root / name) as s:
             info = s.run()
             findings = [e for e in s.events() if e.source == "supervisor" and e.kind in LOSS_KINDS]
-            interventions = [iv for iv in s.interventions() if iv.status in ("issued", "applied", "rejected")]
+            statuses = [iv.status for iv in s.interventions()]
             branches = len(s.branches())
-        return Outcome(steps=info.step, findings=len(findings), interventions=len(interventions),
+        return Outcome(steps=info.step, findings=len(findings), interventions=statuses.count("applied"),
+                       unapplied=len(statuses) - statuses.count("applied") - statuses.count("proposed") - statuses.count("denied"),
                        rolled_back=branches - 1, final_loss=final_loss(self.root / name))
 
 
@@ -174,7 +176,7 @@ def plot_png(root: Path, out: Path) -> str:
     with Store.open(root / SUPERVISED) as s:
         segments = s.lineage(s.run().branch)
         pieces = [p for w in s.windows() for p in split(w, segments) if p.losses]
-        interventions = [iv for iv in s.interventions() if iv.status in ("issued", "applied", "rejected")]
+        interventions = [iv for iv in s.interventions() if iv.status == "applied"]
     # Each rolled-back stretch its own red line; the current history one blue line over them.
     off_branches = sorted({p.branch for p in pieces if not p.current})
     for i, b in enumerate(off_branches):
@@ -233,7 +235,8 @@ def run_demo(root: Path | None, out: Path | None, tui: bool, steps: int, seed: i
     sup, uns = demo.outcome(SUPERVISED), demo.outcome(UNSUPERVISED)
     ratio = uns.final_loss / sup.final_loss if sup.final_loss and uns.final_loss else None
     print(f"\n  {SUPERVISED:12s}  {sup.steps} steps, {sup.findings} findings, {sup.interventions} interventions, "
-          f"{sup.rolled_back} rolled-back branches kept, final loss {fmt(sup.final_loss)}", file=say)
+          f"{sup.rolled_back} rolled-back branches kept, final loss {fmt(sup.final_loss)}"
+          + (f" ({sup.unapplied} more issued, not applied)" if sup.unapplied else ""), file=say)
     print(f"  {UNSUPERVISED:12s}  {uns.steps} steps, {uns.findings} findings (only watched), "
           f"final loss {fmt(uns.final_loss)}" + (f"  ({ratio:.0f}x worse)" if ratio and ratio >= 2 else ""), file=say)
     print(f"  {plot_png(root, out or root / 'demo.png')}", file=say)

@@ -294,10 +294,20 @@ class RunWatch:
         """Interventions in flight: note their acknowledgement; after the cooldown, judge the cure."""
         assert self.run is not None
         interventions = s.interventions()
+        ended = self.run.status in ("finished", "stopped")
         for iv in interventions:
             if iv.status != "issued":
                 continue
             cmds = [s.command(i) for i in iv.commands]
+            if ended:
+                # The job is gone: a command it never read would wait forever (a crashed job is
+                # left alone, its relaunch still applies them).
+                with self._transaction(s):
+                    for c in cmds:
+                        if c is not None and c.status == "pending":
+                            s.ack_command(c.id, "rejected", f"not applied: the run {self.run.status} at step "
+                                          f"{self.run.step} first", self.run.step)
+                cmds = [s.command(i) for i in iv.commands]
             if any(c is None or c.status == "pending" for c in cmds):
                 continue
             ok = all(c.status == "applied" for c in cmds if c is not None)

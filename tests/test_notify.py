@@ -135,3 +135,15 @@ def test_a_daemon_without_systemd_runs_as_before(tmp_path, daemon):
     d.wait_log("watching")
     assert d.stop() == 0 and "cannot notify systemd" not in d.text()
     assert Path(root).is_dir()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
+def test_sigterm_at_any_moment_of_startup_stops_the_daemon(tmp_path, daemon, delay):
+    # A signal that landed while the scheduler was starting used to be lost: the daemon ran on.
+    root = tmp_path / "runs"
+    root.mkdir()
+    d = daemon(root)
+    d.wait_log("watching")
+    time.sleep(delay)
+    assert d.stop() == 0, d.text()
+    assert d.text().rstrip().endswith("stopped")

@@ -246,3 +246,26 @@ def test_a_remedy_is_not_judged_on_a_branch_someone_else_rolled_back_to(agent: S
     assert agent.intervention(mine.id).outcome is None
     assert [e.kind for e in agent.events() if e.kind == "cured"] == []
     watch.close()
+
+
+def test_an_intervention_the_run_ended_before_applying_is_closed_not_left_waiting(agent: Store) -> None:
+    start(agent)
+    window(agent, 0)
+    cid, rel = agent.add_checkpoint(50, 0, 1.0, "best")
+    (agent.run_dir / rel).write_bytes(b"x")
+    agent.checkpoint_ready(cid, 1, "xxh3_128:0")
+    for k in range(1, 9):
+        window(agent, k)
+    watch = RunWatch(agent.run_dir, Policy(), lambda level, line: None)
+    watch.tick(time.time())
+    window(agent, 9, 5.0)
+    watch.tick(time.time())
+    [iv] = agent.interventions()
+    assert iv.status == "issued" and all(c.status == "pending" for c in agent.commands())
+    agent.update_run(status="finished", step=500, ended_at=time.time())  # the job ends without reading them
+    watch.tick(time.time())
+    [iv] = agent.interventions()
+    assert iv.status == "rejected"
+    assert {(c.status, c.result) for c in agent.commands()} == {("rejected", "not applied: the run finished at step 500 first")}
+    assert any(e.kind == "intervention_rejected" for e in agent.events())
+    watch.close()
