@@ -59,10 +59,10 @@ class DetectorSettings(BaseModel):
     a blow-up above the run's starting loss is judged from the first window on."""
     history_windows: int = Field(10, ge=3, le=10_000)
     """Recent windows that make the reference level (their lowest median)."""
-    spike_ratio: float = Field(1.04, gt=1.0, le=1e6)
+    spike_ratio: float = Field(1.03, gt=1.0, le=1e6)
     """Smallest rise of a window's median over the reference level that counts, however smooth
     the curve (the floor under the noise-scaled threshold)."""
-    spike_z: float = Field(5.5, gt=0.0, le=1e6)
+    spike_z: float = Field(4.5, gt=0.0, le=1e6)
     """A rise must also exceed this many times the run's window-to-window noise."""
     blowup_ratio: float = Field(1.3, gt=1.0, le=1e6)
     """A window's median this far above the run's starting loss is a finding at any step."""
@@ -117,6 +117,8 @@ class _Episode:
     """The threshold it crossed (log)."""
     peak: float
     """Its highest window level so far (log)."""
+    peak_at: float
+    """The middle step of that window."""
     quiet: list[Level] = field(default_factory=list)
     """The windows since `peak` was last raised."""
 
@@ -322,7 +324,7 @@ class LossDetectors:
 
     def _report(self, kind: FindingKind, onset: int, lv: Level, ref: float, thr: float, shape: str, message: str,
                 ratio: float) -> Finding:
-        self._episode = _Episode(ref=ref, thr=thr, peak=lv.level)
+        self._episode = _Episode(ref=ref, thr=thr, peak=lv.level, peak_at=(lv.first + lv.last) / 2)
         return Finding(
             kind=kind, onset=onset, step=lv.last, severity="error" if ratio >= 3 else "warning", message=message,
             data={"ratio": round(ratio, 4), "level_before": math.exp(ref), "threshold": round(_ratio(thr), 4),
@@ -337,13 +339,15 @@ class LossDetectors:
             self._diffs.append(lv.level - previous.level)  # the new regime's own noise
         # A new high by more than the noise: still rising (a slow climb must not pass for a new normal).
         if lv.level > ep.peak + self._noise():
-            ep.peak, ep.quiet = lv.level, []
+            ep.peak, ep.peak_at, ep.quiet = lv.level, (lv.first + lv.last) / 2, []
+        elif lv.level > ep.peak:  # a new high within the noise: not a sign of rest either
+            ep.peak, ep.peak_at = lv.level, (lv.first + lv.last) / 2
         else:
             ep.quiet.append(lv)
         if lv.level - ep.ref < ep.thr / 2:  # back near where it rose from: the old reference holds
             self._end_episode(lv.first)
             self._remember(lv, None)
-        elif len(ep.quiet) >= self.s.rearm_windows:  # settled higher: the new normal
+        elif len(ep.quiet) >= self.s.rearm_windows and self._flat(ep):  # settled higher: the new normal
             self._end_episode(ep.quiet[0].first)
             self._levels.clear()
             self._ses.clear()
@@ -351,6 +355,16 @@ class LossDetectors:
                 self._levels.append(q)
                 self._ses.append(q.se)
             self._best = None  # a slow divergence is measured from the new normal too
+
+    def _flat(self, ep: _Episode) -> bool:
+        """The quiet windows and the peak show no trend larger than the noise: a slow climb (a new
+        high by less than the noise each window) is not a new normal."""
+        points = sorted([(ep.peak_at, ep.peak)] + [((q.first + q.last) / 2, q.level) for q in ep.quiet])
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+        return slope * (xs[-1] - xs[0]) < self._noise() / 2
 
     def _end_episode(self, since: int) -> None:
         self._episode = None
@@ -371,7 +385,7 @@ class LossDetectors:
             return []
         ratio = _ratio(smooth - best)
         lv = self._recent[-1]
-        self._episode = _Episode(ref=best, thr=thr, peak=lv.level)
+        self._episode = _Episode(ref=best, thr=thr, peak=lv.level, peak_at=(lv.first + lv.last) / 2)
         return [Finding(
             kind="divergence", onset=best_step + 1, step=last, severity="error",
             message=(f"loss has risen {ratio:.2f}x above its best {math.exp(best):.4g} (step {best_step}) and is still "

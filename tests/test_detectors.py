@@ -103,8 +103,10 @@ class TestLanguageModelShapes:
         onset = 2000  # climbs x1.4 over ~225 steps, then stays there
         losses = [x * math.exp(min(0.0015 * max(0, i + 1 - onset), math.log(1.4))) for i, x in enumerate(losses)]
         found = [f for f in run(losses) if f.kind in ("spike", "divergence")]
-        assert len(found) == 1 and found[0].kind == "divergence" and found[0].data["shape"] == "climb"
-        assert found[0].step <= onset + 2 * W
+        # Found within the climb's first window: 50 steps of a bend fit a jump about as well, so
+        # the shape may read either way; the onset (where a rollback goes) is what must be right.
+        assert len(found) == 1 and found[0].data["shape"] in ("climb", "step")
+        assert found[0].step <= onset + W
         assert abs(found[0].onset - onset) <= W
 
     def test_an_early_blowup_above_the_starting_loss_is_found(self) -> None:
