@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import os
 import shlex
 import subprocess
 import threading
@@ -67,10 +68,16 @@ class AlertSettings(BaseModel):
     def _command(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                if not shlex.split(value):
-                    raise ValueError("is empty")
+                words = shlex.split(value)
             except ValueError as exc:
                 raise ValueError(f"cannot be split into words: {exc}") from None
+            if not words:
+                raise ValueError("is empty")
+            if code := _code_with_placeholder(words):
+                raise ValueError(
+                    f"puts a placeholder inside the code that {code} runs, where a quote in a run's name or "
+                    "message would run commands; pass it as an argument instead, e.g. "
+                    "sh -c 'echo \"$1\" | mail -s trainwarden ops@lab' sh \"{text}\"")
         return value
 
     @property
@@ -232,6 +239,29 @@ class Alerter:
         if done.returncode != 0:
             err = done.stderr.decode(errors="replace").strip().splitlines()
             raise DeliveryError(f"{args[0]} exited {done.returncode}" + (f": {err[-1]}" if err else ""), retry=True)
+
+
+# Programs that run the word after one of these flags as code: a placeholder there is code too.
+_INTERPRETERS = {"sh": "-c", "bash": "-c", "dash": "-c", "zsh": "-c", "ksh": "-c", "fish": "-c", "python": "-c",
+                 "python3": "-c", "perl": "-e", "ruby": "-e", "node": "-e"}
+_PLACEHOLDERS = ("{run}", "{path}", "{kind}", "{severity}", "{step}", "{message}", "{text}")
+
+
+def _code_with_placeholder(words: list[str]) -> str | None:
+    """`sh -c` (or another interpreter's code flag) when its code holds a placeholder, else None."""
+    for i, word in enumerate(words[:-1]):
+        name = os.path.basename(word)
+        flag = _INTERPRETERS.get(name) or _INTERPRETERS.get(name.rstrip("0123456789."))
+        if flag is None:
+            continue
+        for j in range(i + 1, len(words) - 1):
+            if words[j] == flag or (words[j].startswith("-") and not words[j].startswith("--") and flag[1] in words[j]):
+                if any(p in words[j + 1] for p in _PLACEHOLDERS):
+                    return f"{name} {flag}"
+                break
+            if not words[j].startswith("-"):
+                break  # a script file: its arguments are data
+    return None
 
 
 def _fill(word: str, fields: dict[str, str]) -> str:

@@ -61,8 +61,8 @@ def hook():
         h.close()
 
 
-def alert(kind: str = "spike", severity: str = "warning", message: str = "loss rebounded 5x") -> Alert:
-    return Alert(run="gpt-small", path="/runs/gpt-small", kind=kind, severity=severity, step=1200, message=message,
+def alert(kind: str = "spike", severity: str = "warning", message: str = "loss rebounded 5x", run: str = "gpt-small") -> Alert:
+    return Alert(run=run, path="/runs/gpt-small", kind=kind, severity=severity, step=1200, message=message,
                  time=1.0e9)
 
 
@@ -163,6 +163,22 @@ class TestCommand:
         a.submit(alert())
         wait_for(lambda: a.failed == 2, 10)
         a.close()
+
+
+    def test_a_hostile_run_name_never_runs_as_a_command(self, tmp_path):
+        # A name that closes the quote of `sh -c 'echo "{text}"'` and starts a command of its own.
+        marker = tmp_path / "pwned"
+        name = f'x"; touch {marker}; echo "'
+        with pytest.raises(ValueError, match="placeholder inside the code that sh -c runs"):
+            AlertSettings(command="sh -c 'echo \"{text}\" >> /dev/null'")
+        with pytest.raises(ValueError, match="python3 -c"):
+            AlertSettings(command="python3 -I -c 'print(\"{run}\")'")
+        out = tmp_path / "mail.txt"
+        a = Alerter(AlertSettings(command=f"sh -c 'printf \"%s\\n\" \"$1\" >> {out}' sh \"{{text}}\""))
+        a.submit(alert(run=name))
+        wait_for(lambda: out.exists() and out.read_text(), 10)
+        a.close()
+        assert f"WARNING {name} step 1200" in out.read_text() and not marker.exists()
 
 
 class TestSettings:
