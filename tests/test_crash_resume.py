@@ -101,7 +101,7 @@ def test_sigkill_at_random_moments_then_resume(run_dir, trainer):
     for i in range(KILLS + 1):  # the last start is not killed: it runs to completion
         last = i == KILLS
         ckpt_id, step, digest = expected_resume(run_dir)
-        if i == 0:
+        if ckpt_id is None:  # no checkpoint yet (the first start, or a kill before the first save)
             digest = params_digest(fresh_model())
         leftovers, writing = [], []
         if i > 0:
