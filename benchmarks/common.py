@@ -21,6 +21,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# A benchmark stopped with SIGTERM (a test's timeout, `kill`) unwinds like Ctrl-C: its `finally`
+# and `with Children()` blocks end the daemons and trainings it started.
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it (the platform's guess elsewhere)."""
     try:

@@ -27,6 +27,39 @@ def cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) ->
                           env={**os.environ, **(env or {})})
 
 
+def session_processes(sid: int) -> list[int]:
+    """The live processes of session `sid` (a process started with start_new_session=True and
+    every descendant that did not start a session of its own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def end_session(proc: subprocess.Popen) -> list[int]:
+    """End `proc` (started with start_new_session=True) and its session: SIGTERM, then SIGKILL to
+    whatever is left. Returns the processes that were still running once `proc` had exited."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    left = session_processes(proc.pid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
 class Trainer:
     """A tiny training running in a subprocess (tests/tiny_train.py)."""
 
