@@ -161,10 +161,14 @@ class Corpus:
 
 def load_corpora(which: str, split: str, quick: bool) -> list[Corpus]:
     out = []
-    for title, folder in (("MLP/GRU", CURVES), ("LM", CURVES / "lm")):
-        if which not in ("all", title.split("/")[0].lower()) or not (folder / "labels.json").exists():
+    for title, key, folder in (("MLP/GRU", "mlp", CURVES), ("LM", "lm", CURVES / "lm"),
+                               ("LM held-out", "holdout", CURVES / "lm_holdout")):
+        if which not in ("all", key) or not (folder / "labels.json").exists():
             continue
         labels = json.loads((folder / "labels.json").read_text())
+        if key == "holdout":  # one split: every curve is held out
+            out.append(Corpus(title, folder, sorted(labels)[::4] if quick else sorted(labels), labels))
+            continue
         for part in (("tune", "test") if title == "LM" and split == "both" else (split,)):
             names = sorted(n for n in labels if part in ("both", "all") or labels[n].get("split", part) == part)
             if quick:
@@ -211,7 +215,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few curves only (a smoke test)")
     parser.add_argument("--policy", help="policy TOML whose detector settings to score")
-    parser.add_argument("--corpus", choices=["all", "mlp", "lm"], default="all", help="which corpus (default: both)")
+    parser.add_argument("--corpus", choices=["all", "mlp", "lm", "holdout"], default="all",
+                        help="which corpus (default: all; holdout = benchmarks/curves/lm_holdout)")
     parser.add_argument("--split", choices=["both", "tune", "test", "all"], default="both",
                         help="LM corpus: score the tune and test splits apart (both), one of them, or all together")
     parser.add_argument("--verbose", action="store_true", help="list misses and false alarms")
