@@ -16,8 +16,9 @@ sys.path.insert(0, str(DOCS.parent / "tests"))
 
 import tui_scene  # noqa: E402
 
-from trainwarden.tui.app import DetailScreen, TrainwardenApp  # noqa: E402
+from trainwarden.tui.app import TrainwardenApp  # noqa: E402
 from trainwarden.tui.dialogs import LRDialog  # noqa: E402
+from trainwarden.tui.screens import DetailScreen  # noqa: E402
 from trainwarden.tui.widgets import RunsTable  # noqa: E402
 
 SIZE = (140, 42)
@@ -26,12 +27,12 @@ SIZE = (140, 42)
 async def shoot() -> None:
     app = TrainwardenApp([Path("runs")], clock=lambda: tui_scene.NOW, who=tui_scene.WHO, refresh_s=3600)
     async with app.run_test(size=SIZE) as pilot:
-        while app.polls == 0:
+        table = app.screen.query_one(RunsTable)
+        while not table.paths:  # the first read
             await pilot.pause(0.05)
         await pilot.pause(0.3)
         app.save_screenshot(str(DOCS / "tui-runs.svg"))
-        table = app.screen.query_one(RunsTable)
-        table.move_cursor(row=[Path(k).name for k in table._keys].index("gpt-small"))
+        table.move_cursor(row=[Path(k).name for k in table.paths].index("gpt-small"))
         await pilot.press("l")
         while not isinstance(app.screen, LRDialog):
             await pilot.pause(0.05)

@@ -10,13 +10,18 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import wait_for
 from trainwarden.agent.store import DB_NAME, Store
-from trainwarden.tui.app import DetailScreen, RunsScreen, TrainwardenApp
+from textual.worker import WorkerState
+
+from trainwarden.tui.app import TrainwardenApp
 from trainwarden.tui.dialogs import ConfirmDialog, LRDialog, RollbackDialog
+from trainwarden.tui.model import RunRow
+from trainwarden.tui.screens import DetailScreen, RunsScreen
 from trainwarden.tui.widgets import RunsTable
 
 SLOW = ("--steps", "1000000000", "--window", "10", "--sleep", "0.004", "--save-every-steps", "40", "--poll", "0.05")
@@ -31,7 +36,7 @@ async def until(pilot, cond: Callable[[], object], what: str, timeout: float = 4
         if value:
             return value
         if time.monotonic() > deadline:
-            notices = getattr(pilot.app, "notices", [])[-5:]
+            notices = pilot.app.notices[-5:]
             raise AssertionError(f"timed out waiting for {what}; last notices: {notices}")
         await pilot.pause(0.1)
 
@@ -55,16 +60,39 @@ def started(path: Path, min_step: int = 20) -> bool:
         return False
 
 
-def app_for(root: Path, **kwargs) -> TrainwardenApp:
-    return TrainwardenApp([root], who=WHO, **kwargs)
+class RecordingApp(TrainwardenApp):
+    """The app with every notice it showed, oldest first: a toast lasts seconds (and `run_test`
+    draws none), so the tests read them here, as they pass through the public `notify`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.notices: list[str] = []
+
+    def notify(self, message: str, **kwargs: Any) -> None:
+        self.notices.append(message)
+        super().notify(message, **kwargs)
+
+
+def app_for(root: Path, **kwargs) -> RecordingApp:
+    return RecordingApp([root], who=WHO, **kwargs)
+
+
+def rows(app: TrainwardenApp) -> list[RunRow]:
+    """Every run as last read: the runs screen's rows (under any detail screen or dialog)."""
+    return next(s for s in app.screen_stack if isinstance(s, RunsScreen)).rows
+
+
+def reading(app: TrainwardenApp) -> bool:
+    """A read of the runs is under way (the app's worker for it runs)."""
+    return any(w.group == "poll" and w.state == WorkerState.RUNNING for w in app.workers)
 
 
 async def select(pilot, app: TrainwardenApp, path: Path) -> None:
     """Put the runs table's cursor on this run."""
-    await until(pilot, lambda: any(r.path == str(path) for r in app.rows), f"{path.name} in the table")
+    await until(pilot, lambda: any(r.path == str(path) for r in rows(app)), f"{path.name} in the table")
     table = app.screen.query_one(RunsTable)
-    await until(pilot, lambda: str(path) in table._keys, f"{path.name} shown")
-    table.move_cursor(row=table._keys.index(str(path)))
+    await until(pilot, lambda: str(path) in table.paths, f"{path.name} shown")
+    table.move_cursor(row=table.paths.index(str(path)))
     await pilot.pause()
 
 
@@ -111,12 +139,12 @@ class TestRunsTable:
 
         app = app_for(root)
         async with app.run_test(size=(150, 30)) as pilot:
-            await until(pilot, lambda: len(app.rows) == 4, "four rows")
-            rows = {Path(r.path).name: r for r in app.rows}
-            assert rows["live"].status == "running" and rows["live"].step >= 20
-            assert rows["done"].status == "finished" and rows["done"].step == 60
-            assert rows["garbage"].status == "unreadable" and "not a trainwarden store" in rows["garbage"].error
-            assert rows["future"].status == "unreadable" and "newer than this trainwarden" in rows["future"].error
+            await until(pilot, lambda: len(rows(app)) == 4, "four rows")
+            by_name = {Path(r.path).name: r for r in rows(app)}
+            assert by_name["live"].status == "running" and by_name["live"].step >= 20
+            assert by_name["done"].status == "finished" and by_name["done"].step == 60
+            assert by_name["garbage"].status == "unreadable" and "not a trainwarden store" in by_name["garbage"].error
+            assert by_name["future"].status == "unreadable" and "newer than this trainwarden" in by_name["future"].error
             await until(pilot, lambda: cell(app, path, "status") == "running", "the live row drawn")
             assert cell(app, root / "garbage", "health") == "unreadable"
             assert cell(app, done, "step") == "60"
@@ -131,20 +159,20 @@ class TestRunsTable:
             assert code == 0, err
         app = app_for(root)
         async with app.run_test(size=(150, 30)) as pilot:
-            await until(pilot, lambda: len(app.rows) == 3, "three rows")
+            await until(pilot, lambda: len(rows(app)) == 3, "three rows")
             screen = app.screen
             table = screen.query_one(RunsTable)
-            await until(pilot, lambda: len(table._keys) == 3, "three rows shown")
-            assert [Path(k).name for k in table._keys] == ["alpha", "beta", "gamma"]
+            await until(pilot, lambda: len(table.paths) == 3, "three rows shown")
+            assert [Path(k).name for k in table.paths] == ["alpha", "beta", "gamma"]
             await pilot.press("o", "o")  # sort by step (name -> status -> step), largest first
-            assert [Path(k).name for k in table._keys] == ["beta", "gamma", "alpha"]
+            assert [Path(k).name for k in table.paths] == ["beta", "gamma", "alpha"]
             await pilot.press("O")
-            assert [Path(k).name for k in table._keys] == ["alpha", "gamma", "beta"]
+            assert [Path(k).name for k in table.paths] == ["alpha", "gamma", "beta"]
             await pilot.press("slash", "m", "m")  # "mm": only gamma
-            assert [Path(k).name for k in table._keys] == ["gamma"]
+            assert [Path(k).name for k in table.paths] == ["gamma"]
             assert "filter “mm”: 1 shown" in str(screen.query_one("#status-bar").render())
             await pilot.press("escape")
-            assert len(table._keys) == 3 and screen.filter == ""
+            assert len(table.paths) == 3 and screen.filter == ""
 
 
 class TestPauseResume:
@@ -354,7 +382,7 @@ class TestFailures:
             assert any("disappeared" in n for n in app.notices)
             await pilot.press("g", "z")  # still alive and drawing what it last read
             await pilot.press("escape")
-            await until(pilot, lambda: isinstance(app.screen, RunsScreen) and not app.rows, "the row to go")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen) and not rows(app), "the row to go")
 
     async def test_a_command_not_acknowledged_in_time_is_shown_as_such(self, live):
         root, path, t = live
@@ -406,15 +434,15 @@ class TestFailures:
         app = app_for(root)
         try:
             async with app.run_test(size=(150, 40)) as pilot:
-                await until(pilot, lambda: app._polling, "the first read to start", timeout=5)
+                await until(pilot, lambda: reading(app), "the first read to start", timeout=5)
                 await pilot.pause(0.5)
-                assert app._polling and app.polls == 0  # stuck on the lock
+                assert reading(app) and not rows(app)  # stuck on the lock
                 await pilot.press("question_mark")
                 assert type(app.screen).__name__ == "HelpScreen"
                 await pilot.press("escape", "slash", "l", "i")
-                assert app.screen.filter == "li" and app.polls == 0
+                assert app.screen.filter == "li" and not rows(app)
                 db.execute("ROLLBACK")
-                await until(pilot, lambda: len(app.rows) == 2 and all(r.status != "unreadable" for r in app.rows),
+                await until(pilot, lambda: len(rows(app)) == 2 and all(r.status != "unreadable" for r in rows(app)),
                             "both runs once the lock is gone")
         finally:
             db.close()

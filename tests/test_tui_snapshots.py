@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import tui_scene
-from trainwarden.tui.app import DetailScreen, TrainwardenApp
+from trainwarden.tui.app import TrainwardenApp
 from trainwarden.tui.dialogs import LRDialog
+from trainwarden.tui.screens import DetailScreen
 from trainwarden.tui.widgets import LossChart, RunsTable
 
 SIZE = (140, 42)
@@ -44,17 +45,23 @@ async def settle(pilot, cond, what: str, timeout: float = 20.0) -> None:
     await pilot.pause(0.2)
 
 
+def shown(app: TrainwardenApp) -> list[str]:
+    """The run folders the runs table shows (none before the first read)."""
+    tables = app.screen.query(RunsTable)
+    return tables.first().paths if tables else []
+
+
 async def open_run(pilot, name: str) -> None:
     app = pilot.app
-    await settle(pilot, lambda: app.polls > 0, "the first read")
+    await settle(pilot, lambda: shown(app), "the first read")
     table = app.screen.query_one(RunsTable)
-    table.move_cursor(row=[Path(k).name for k in table._keys].index(name))
+    table.move_cursor(row=[Path(k).name for k in table.paths].index(name))
     await pilot.pause()
 
 
 def test_runs_table(scene, snap_compare):
     async def ready(pilot):
-        await settle(pilot, lambda: pilot.app.polls > 0, "the first read")
+        await settle(pilot, lambda: shown(pilot.app), "the first read")
 
     assert snap_compare(scene_app(scene), terminal_size=SIZE, run_before=ready)
 

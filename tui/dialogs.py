@@ -14,8 +14,10 @@ from textual.widgets import Button, Input, Label, Static
 from trainwarden.agent.commands import CommandError, positive_finite
 from trainwarden.supervisor.cli import fmt
 
+from . import palette
+from .lists import CheckpointsTable
 from .model import RunDetail
-from .widgets import CheckpointsTable, Clock
+from .settings import Clock
 
 SCALE_PREFIXES = ("x", "×", "*")
 
@@ -70,7 +72,7 @@ class LRDialog(ModalScreen[tuple[str, dict[str, float]] | None]):
         try:
             self.dismiss(parse_lr(text))
         except CommandError as exc:
-            self.query_one("#lr-error", Static).update(f"[b red]✖[/] {escape(str(exc))}; nothing sent")
+            self.query_one("#lr-error", Static).update(f"[b {palette.REFUSED}]✖[/] {escape(str(exc))}; nothing sent")
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -12,18 +12,10 @@ from trainwarden.agent.store import Segments
 
 from .chart import Frame, Layer, Marker, fit_frame, scale_y
 from .model import RunDetail, on_history
+from .palette import (
+    CHECKPOINT, CURRENT, CURRENT_BAND, INTERVENTION, INTERVENTION_LINE, NONFINITE, OLD, OLD_BAND, OLD_CHECKPOINT, OLD_VAL, VAL,
+)
 
-CURRENT = "bold #4fc3f7"
-CURRENT_BAND = "#2b5d70"
-OLD = "#d0715f"
-OLD_BAND = "#5c3530"
-VAL = "bold #ffd54f"
-OLD_VAL = "#8a7a3a"
-CHECKPOINT = "#81c784"
-OLD_CHECKPOINT = "#4a6b4c"
-INTERVENTION = "bold #e040fb"
-INTERVENTION_LINE = "#6a2a78"
-NONFINITE = "bold #ff5252"
 MAX_RAW_POINTS = 60_000  # beyond this many steps in view, raw mode draws every n-th step
 
 

@@ -1,4 +1,5 @@
-"""The TUI's widgets: the runs table, the loss chart, the run header and the detail lists.
+"""The TUI's widgets: the runs table, the loss chart and the run header (the detail screen's lists
+are in `lists.py`).
 
 Widgets only show what they are given (rows, a `RunDetail`); reading stores is the app's job,
 done in worker threads, so a slow or locked store never freezes the screen.
@@ -19,23 +20,15 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
-from trainwarden.supervisor.cli import age, fmt, size
+from trainwarden.supervisor.cli import age, fmt
 
-from . import plot
+from . import palette, plot
 from .chart import Frame, Layer, Marker, render
-from .model import RunDetail, RunRow, describe_actions, describe_command, on_history
-
-Clock = Callable[[], float]
-
-STATUS_STYLE = {
-    "running": "bold #69f0ae", "paused": "bold #ffd740", "finished": "#90a4ae", "stopped": "#b0bec5",
-    "crashed": "bold #ff5252", "stale": "bold #ffab40", "unreadable": "bold #ff5252", "created": "#90a4ae",
-}
-HEALTH_STYLE = {"ok": "#69f0ae", "info": "#80d8ff", "warning": "bold #ffd740", "error": "bold #ff5252"}
-SEVERITY_STYLE = {"info": "#90a4ae", "warning": "#ffd740", "error": "bold #ff5252"}
-CMD_STYLE = {"pending": "#ffd740", "applied": "#69f0ae", "rejected": "#ff5252", "timeout": "bold #ffab40"}
+from .model import RunDetail, RunRow
+from .palette import HEALTH_STYLE, STATUS_STYLE
+from .settings import Clock
 
 
 def trend_text(trend: float | None) -> Text:
@@ -44,10 +37,10 @@ def trend_text(trend: float | None) -> Text:
         return Text("")
     pct = trend * 100
     if abs(pct) < 1:
-        return Text("→ 0%", style="#90a4ae")
+        return Text("→ 0%", style=palette.MUTED)
     if pct < 0:
-        return Text(f"↓{-pct:.0f}%", style="#69f0ae")
-    return Text(f"↑{pct:.0f}%", style="bold #ff5252" if pct >= 20 else "#ffab40")
+        return Text(f"↓{-pct:.0f}%", style=palette.GOOD)
+    return Text(f"↑{pct:.0f}%", style=f"bold {palette.TROUBLE}" if pct >= 20 else palette.LATE)
 
 
 # ------------------------------------------------------------------ runs table
@@ -60,7 +53,7 @@ class RunsTable(ScrollView, can_focus=True):
     """
 
     DEFAULT_CSS = """
-    RunsTable { height: 1fr; background: #0f1419; }
+    RunsTable { height: 1fr; background: $tw-background; }
     """
     COLUMNS = (("name", "RUN"), ("status", "STATUS"), ("step", "STEP"), ("loss", "LOSS"), ("trend", "TREND"),
                ("lr", "LR"), ("ckpt", "CKPT AGE"), ("iv", "INTERV."), ("health", "HEALTH"), ("proposals", "ASK"))
@@ -85,10 +78,10 @@ class RunsTable(ScrollView, can_focus=True):
         Binding("home", "move(-1000000)", show=False), Binding("end", "move(1000000)", show=False),
         Binding("enter", "select", "Open", show=False),
     ]
-    HEADER = Style(color="#80cbc4", bold=True, bgcolor="#1a2330")
-    CURSOR = Style(bgcolor="#264f78")
-    CURSOR_DIM = Style(bgcolor="#1c3149")
-    ZEBRA = Style(bgcolor="#131a21")
+    HEADER = Style(color=palette.HEADING, bold=True, bgcolor=palette.PANEL)
+    CURSOR = Style(bgcolor=palette.CURSOR)
+    CURSOR_DIM = Style(bgcolor=palette.CURSOR_DIM)
+    ZEBRA = Style(bgcolor=palette.ZEBRA)
     GAP = 2
 
     class Selected(Message):
@@ -125,9 +118,9 @@ class RunsTable(ScrollView, can_focus=True):
             trend_text(r.trend),
             Text(fmt(r.lr, ".3g")),
             Text(age(now - r.newest_checkpoint_at) if r.newest_checkpoint_at else "-"),
-            Text(str(r.interventions) if r.interventions else "-", style="#e040fb" if r.interventions else "#607d8b"),
+            Text(str(r.interventions) if r.interventions else "-", style=palette.ASK if r.interventions else palette.QUIET),
             Text(r.health.label, style=HEALTH_STYLE.get(r.health.severity, "")),
-            Text(f"{r.proposals} ?" if r.proposals else "", style="bold reverse #e040fb" if r.proposals else ""),
+            Text(f"{r.proposals} ?" if r.proposals else "", style=palette.PROPOSED if r.proposals else ""),
         ]
 
     def show(self, rows: list[RunRow]) -> None:
@@ -156,8 +149,13 @@ class RunsTable(ScrollView, can_focus=True):
             return None
         return self._keys[self.cursor_row]
 
+    @property
+    def paths(self) -> list[str]:
+        """The run folders shown, top to bottom."""
+        return list(self._keys)
+
     def get_cell(self, path: str, column: str) -> Text:
-        """The cell as shown (tests and callers that need one value)."""
+        """The cell as shown."""
         return self._shown[path][[k for k, _ in self.COLUMNS].index(column)]
 
     def move_cursor(self, row: int) -> None:
@@ -301,8 +299,9 @@ class LossChart(Widget):
     def _legend(self) -> Text:
         view = "all steps" if self.zoom is None else f"last {self.zoom:,} steps"
         return Text.assemble(
-            ("━ current ", plot.CURRENT), ("━ rolled back ", plot.OLD), ("● val ", plot.VAL),
-            ("▲ checkpoint ", plot.CHECKPOINT), ("◆ intervention ", plot.INTERVENTION), ("✖ NaN/inf ", plot.NONFINITE),
+            ("━ current ", palette.CURRENT), ("━ rolled back ", palette.OLD), ("● val ", palette.VAL),
+            ("▲ checkpoint ", palette.CHECKPOINT), ("◆ intervention ", palette.INTERVENTION),
+            ("✖ NaN/inf ", palette.NONFINITE),
             (f"   [{'log' if self.log else 'linear'} · {'every step' if self.raw else 'mean, min-max band'} · {view}]",
              "dim"),
         )
@@ -331,106 +330,3 @@ class RunHeader(Static):
             text.append(f"\n{d.health.detail}", style="dim")
         text.append(f"\n{d.path}", style="dim")
         self.update(text)
-
-
-class DetailList(DataTable):
-    """A list of the detail screen: fixed columns, rows keyed by id, the cursor kept on its row."""
-
-    LABELS: tuple[str, ...] = ()
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", **kwargs)
-        self.ids: list[int] = []
-
-    def on_mount(self) -> None:
-        for label in self.LABELS:
-            self.add_column(label, key=label.lower() or "note")
-
-    def fill(self, rows: list[tuple[int, list[Any]]]) -> None:
-        keep = self.selected_id()
-        self.clear()
-        for key, cells in rows:
-            self.add_row(*cells, key=str(key))
-        self.ids = [key for key, _ in rows]
-        if keep in self.ids:
-            self.move_cursor(row=self.ids.index(keep))
-
-    def selected_id(self) -> int | None:
-        if not self.ids or not (0 <= self.cursor_row < len(self.ids)):
-            return None
-        return self.ids[self.cursor_row]
-
-
-class EventsTable(DetailList):
-    """The run's events, newest first."""
-
-    LABELS = ("TIME", "SEVERITY", "KIND", "STEP", "SOURCE", "MESSAGE")
-
-    def show(self, d: RunDetail) -> None:
-        self.fill([(e.id, [time.strftime("%m-%d %H:%M:%S", time.localtime(e.time)),
-                           Text(e.severity, style=SEVERITY_STYLE.get(e.severity, "")), e.kind,
-                           "-" if e.step is None else str(e.step), e.source, e.message])
-                   for e in reversed(d.events)])
-
-
-class CheckpointsTable(DetailList):
-    """Checkpoints, newest first; the rollback dialog uses the same list (ready ones only)."""
-
-    LABELS = ("ID", "STEP", "BRANCH", "LOSS", "KIND", "STATUS", "SIZE", "AGE", "")
-
-    def __init__(self, clock: Clock = time.time, ready_only: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clock = clock
-        self.ready_only = ready_only
-
-    def show(self, d: RunDetail) -> None:
-        now = self.clock()
-        ckpts = [c for c in reversed(d.checkpoints) if c.status == "ready" or not self.ready_only]
-        best = min((c for c in ckpts if c.status == "ready" and c.loss is not None), key=lambda c: c.loss, default=None)
-        rows = []
-        for c in ckpts:
-            current = on_history(c.step, c.branch, d.segments) or c.step == 0
-            note = [text for text, on in (("best", best is not None and c.id == best.id),
-                                          ("rolled-back branch", not current), ("pinned", c.pinned)) if on]
-            if c.error:
-                note.append(c.error)
-            style = {"ready": "#69f0ae", "writing": "#ffd740"}.get(c.status, "#ff5252")
-            rows.append((c.id, [str(c.id), f"{c.step:,}", str(c.branch), fmt(c.loss), c.kind, Text(c.status, style=style),
-                                size(c.bytes), age(now - c.created_at),
-                                Text(", ".join(note), style="dim" if not current else "")]))
-        self.fill(rows)
-
-
-class CommandsTable(DetailList):
-    """Commands, newest first, with their acknowledgement (or its absence past the timeout)."""
-
-    LABELS = ("ID", "COMMAND", "ISSUER", "STATUS", "RESULT", "AGE")
-
-    def __init__(self, clock: Clock = time.time, timeout: float = 30.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clock = clock
-        self.timeout = timeout
-
-    def show(self, d: RunDetail) -> None:
-        now = self.clock()
-        rows = []
-        for c in reversed(d.commands):
-            if c.status == "pending" and now - c.created_at > self.timeout:
-                label = Text(f"not acknowledged ({age(now - c.created_at)})", style=CMD_STYLE["timeout"])
-            else:
-                label = Text(c.status, style=CMD_STYLE.get(c.status, ""))
-            rows.append((c.id, [str(c.id), describe_command(c), c.issuer, label, c.result or "", age(now - c.created_at)]))
-        self.fill(rows)
-
-
-class ProposalsTable(DetailList):
-    """The supervisor's interventions: pending proposals first, then what was done."""
-
-    LABELS = ("ID", "FINDING", "ONSET", "MODE", "STATUS", "ACTIONS", "DECIDED BY", "OUTCOME", "REASON")
-
-    def show(self, d: RunDetail) -> None:
-        ordered = sorted(d.interventions, key=lambda iv: (iv.status != "proposed", -iv.id))
-        self.fill([(iv.id, [str(iv.id), iv.finding, str(iv.onset), iv.mode,
-                            Text(iv.status, style="bold reverse #e040fb" if iv.status == "proposed" else CMD_STYLE.get(iv.status, "")),
-                            describe_actions(iv.actions), iv.decided_by or "", iv.outcome or "", iv.reason])
-                   for iv in ordered])
