@@ -56,7 +56,9 @@ def rollback_target(value: Any) -> int | str:
     return number
 
 
-class _Command(BaseModel):
+class BaseCommand(BaseModel):
+    """What every command model shares."""
+
     # Arguments the kind does not take are ignored, as they always were (rows are JSON objects).
     model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
@@ -65,21 +67,21 @@ class _Command(BaseModel):
         return self.model_dump(exclude={"kind"})
 
 
-class Pause(_Command):
+class Pause(BaseCommand):
     """Flush the partial window and hold the loop at the step boundary until resume or stop."""
 
     kind: Literal["pause"] = "pause"
     """Command kind (the union's discriminator)."""
 
 
-class Resume(_Command):
+class Resume(BaseCommand):
     """Leave a pause."""
 
     kind: Literal["resume"] = "resume"
     """Command kind (the union's discriminator)."""
 
 
-class SetLR(_Command):
+class SetLR(BaseCommand):
     """Set the effective learning rate of parameter group 0 (the multiplier becomes value / schedule)."""
 
     kind: Literal["set_lr"] = "set_lr"
@@ -93,7 +95,7 @@ class SetLR(_Command):
         return positive_finite(value, "learning rate")
 
 
-class ScaleLR(_Command):
+class ScaleLR(BaseCommand):
     """Multiply the LR multiplier by a factor."""
 
     kind: Literal["scale_lr"] = "scale_lr"
@@ -107,7 +109,7 @@ class ScaleLR(_Command):
         return positive_finite(value, "LR scale factor")
 
 
-class Rollback(_Command):
+class Rollback(BaseCommand):
     """Restore a checkpoint and continue on a new branch from its step."""
 
     kind: Literal["rollback"] = "rollback"
@@ -121,14 +123,14 @@ class Rollback(_Command):
         return rollback_target(value)
 
 
-class Save(_Command):
+class Save(BaseCommand):
     """Checkpoint now (kind "command"); acknowledged once the file is ready."""
 
     kind: Literal["save"] = "save"
     """Command kind (the union's discriminator)."""
 
 
-class Stop(_Command):
+class Stop(BaseCommand):
     """Ask the loop to stop: `run.should_stop` becomes true."""
 
     kind: Literal["stop"] = "stop"
@@ -138,7 +140,7 @@ class Stop(_Command):
 Command = Annotated[Pause | Resume | SetLR | ScaleLR | Rollback | Save | Stop, Field(discriminator="kind")]
 """Any command, told apart by its `kind`."""
 
-_MODELS: tuple[type[_Command], ...] = (Pause, Resume, SetLR, ScaleLR, Rollback, Save, Stop)
+_MODELS: tuple[type[BaseCommand], ...] = (Pause, Resume, SetLR, ScaleLR, Rollback, Save, Stop)
 KINDS: tuple[str, ...] = tuple(m.model_fields["kind"].default for m in _MODELS)
 _ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .commands import Command, CommandError, Pause, Rejected, Resume, Rollback, Save, ScaleLR, SetLR, Stop, parse
+from .commands import BaseCommand, Command, CommandError, Pause, Rejected, Resume, Rollback, Save, ScaleLR, SetLR, Stop, parse
 from .records import CheckpointInfo, CommandInfo
 from .store import Store
 
@@ -71,7 +71,7 @@ class Controller:
         self._saver = saver
         self._loader = loader
         self._on_stop = on_stop
-        self._handlers: dict[type[Any], Handler] = {
+        self._handlers: dict[type[BaseCommand], Handler] = {
             Pause: self._pause, Resume: self._resume, Stop: self._stop, Save: self._save,
             SetLR: self._set_lr, ScaleLR: self._scale_lr, Rollback: self._rollback,
         }

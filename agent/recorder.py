@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .store import Store
 from .window import window_stats
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class LossRecorder:
         stats = window_stats(values)
         branch, first, lr = self.branch, self.step - len(values) + 1, self._lr.effective_lr
 
-        def write(s: Any) -> dict[str, Any]:
+        def write(s: Store) -> dict[str, Any]:
             s.add_window(branch, first, values, stats, lr, steps_per_s)
             return {"step": first + len(values) - 1, "last_loss": stats["mean"], "lr": lr}
 
