@@ -32,19 +32,26 @@ class StoreWriter(threading.Thread):
     """Writes windows, metrics, acknowledgements and heartbeats in order, batching what queues up
     within `_LINGER_S` into one transaction; between jobs it polls the commands table and heartbeats."""
 
-    def __init__(
-        self, store: Store, poll_s: float, heartbeat_s: float,
-        on_commands: Callable[[list[CommandInfo]], None], heartbeat: Callable[[Store], None],
-    ) -> None:
+    def __init__(self, store: Store, poll_s: float, heartbeat_s: float) -> None:
         super().__init__(name="trainwarden-store", daemon=True)
         self._store = store  # opened by the caller, used only by this thread from now on
         self._poll_s = poll_s
         self._heartbeat_s = heartbeat_s
-        self._on_commands = on_commands
-        self._heartbeat = heartbeat
+        self._on_commands: Callable[[list[CommandInfo]], None] = _ignore
+        self._heartbeat: Callable[[Store], None] = _ignore
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hurry = threading.Event()  # set by flush() and stop(): write without lingering
         self._seen_command = 0
+
+    def start(  # type: ignore[override]
+        self, on_commands: Callable[[list[CommandInfo]], None], heartbeat: Callable[[Store], None],
+    ) -> None:
+        """Start writing: new pending commands go to `on_commands`, and `heartbeat` writes the
+        run's sign of life (both called on this thread). Given here, not to the constructor,
+        because what they reach needs the writer first."""
+        self._on_commands = on_commands
+        self._heartbeat = heartbeat
+        super().start()
 
     def submit(self, job: Job) -> None:
         self._queue.put(job)
@@ -129,6 +136,26 @@ class StoreWriter(threading.Thread):
         if commands:
             self._seen_command = commands[-1].id
             self._on_commands(commands)
+
+
+class NoWriter:
+    """The store writer of ranks other than 0: they write nothing to the store."""
+
+    def start(self, on_commands: Any = None, heartbeat: Any = None) -> None:
+        pass
+
+    def submit(self, job: Any) -> None:
+        pass
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pass
+
+
+def _ignore(_: Any) -> None:
+    pass
 
 
 @dataclass

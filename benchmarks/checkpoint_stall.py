@@ -114,9 +114,9 @@ def plain_copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> floa
 def agent_save(run: tw.Run) -> tuple[float, float, int]:
     """(stall seconds, write seconds, file bytes) of one checkpoint through the agent."""
     t0 = time.perf_counter()
-    run._save("manual", wait=False)
+    run._saver.save("manual", wait=False)
     stall = time.perf_counter() - t0
-    run._checkpointer.idle.wait()
+    run._saver.checkpointer.idle.wait()
     info = run._store.checkpoints(["ready"])[-1]
     return stall, info.ready_at - info.created_at, info.bytes
 
@@ -135,7 +135,7 @@ def bench_size(nbytes: int, repeats: int, folder: Path) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         run.record(torch.tensor(1.0))  # closes the first window, which has the buffers reserved
-        run._reserved.wait()
+        run._saver.reserved.wait()
         reserve = time.perf_counter() - t0
         first_stall, _, _ = agent_save(run)
         for _ in range(repeats):

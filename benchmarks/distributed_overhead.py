@@ -126,7 +126,7 @@ def checkpoints(args: argparse.Namespace, work: Path, device: torch.device) -> t
             dist.barrier(group=CPU_GROUP)
             if which == "agent":
                 t0 = time.perf_counter()
-                run._save("manual", wait=False)  # what an automatic save costs the training thread
+                run._saver.save("manual", wait=False)  # what an automatic save costs the training thread
                 blocked.append(slowest(time.perf_counter() - t0))
                 run.flush(600)
             else:

@@ -387,8 +387,8 @@ class TestCadence:
         run, model, step = attach(run_dir, save_every_steps=None)
         for _ in range(10):  # the first full window hands the reservation to the checkpoint thread
             run.record(step())
-        assert run._reserved.wait(10)
-        reserved = {path: buf.data_ptr() for path, buf in run._snapshots._buffers.items()}
+        assert run._saver.reserved.wait(10)
+        reserved = {path: buf.data_ptr() for path, buf in run._saver.snapshots._buffers.items()}
         assert {f"/model/{name}" for name in model.state_dict()} <= set(reserved)
         assert any(path.startswith("/optimizer/state/") for path in reserved)  # SGD momentum buffers
         for _ in range(10):  # the adaptive cadence's first save comes at the next window
@@ -397,7 +397,7 @@ class TestCadence:
         (first,) = ready(run_dir)
         assert first.step == 20
         # The save copied into the reserved memory instead of allocating its own.
-        assert {path: buf.data_ptr() for path, buf in run._snapshots._buffers.items()} == reserved
+        assert {path: buf.data_ptr() for path, buf in run._saver.snapshots._buffers.items()} == reserved
         saved = torch.load(run_dir / first.path, weights_only=True)["model"]
         assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
         run.close()
@@ -424,7 +424,7 @@ class TestCadence:
                             config=tw.AgentConfig(window=5, save_every_steps=5, handle_signals=False))
             for _ in range(20):
                 run.record(step())
-            assert run._reserved.wait(30)
+            assert run._saver.reserved.wait(30)
             run.save()
             print(threads() - before)
             run.close()

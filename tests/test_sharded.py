@@ -59,7 +59,7 @@ def test_a_sharded_checkpoint_is_a_verified_folder_that_resumes_exactly(run_dir)
     again, model2, step2 = attach(run_dir)
     assert again.resume() == 30
     assert params_digest(model2) == digest_at_30
-    assert len(again._history) == 30  # the loss history came back with the weights
+    assert len(again._recorder.history) == 30  # the loss history came back with the weights
     again.close()
 
 
