@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from trainwarden.agent.store import Store, StoreError
-from trainwarden.supervisor.daemon import find_runs
+from trainwarden.supervisor.discovery import find_runs
 from trainwarden.supervisor.operator import LIVE, OperatorError, decide_proposal, issuer, liveness, send_command
 
 from .dialogs import ConfirmDialog, HelpScreen, LRDialog, RollbackDialog

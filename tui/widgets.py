@@ -21,7 +21,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from trainwarden.supervisor.cli import age, fmt, size
+from trainwarden.supervisor.display import age, fmt, size
 
 from . import plot
 from .chart import Frame, Layer, Marker, render
