@@ -1,1 +1,1 @@
-"""The supervisor daemon (issue 3) and the command line."""
+"""The supervisor: detectors, policy, the daemon, the launcher, and the `trainwarden` command line (cli/)."""

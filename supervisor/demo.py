@@ -25,8 +25,9 @@ from typing import IO
 
 from trainwarden.agent.store import Store
 
-from .cli import fmt
 from .detectors import LOSS_KINDS
+from .display import fmt
+from .errors import UserError
 
 SUPERVISED, UNSUPERVISED = "supervised", "unsupervised"
 POLICY = """\
@@ -54,7 +55,7 @@ class Outcome:
     final_loss: float | None
 
 
-class DemoError(Exception):
+class DemoError(UserError):
     """The demo cannot run; the message says why in one line."""
 
 

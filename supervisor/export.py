@@ -10,7 +10,6 @@ Both kinds are verified against their checksums in the store before anything is 
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -19,30 +18,34 @@ from trainwarden.agent.commands import CommandError, rollback_target
 from trainwarden.agent.records import CheckpointInfo
 from trainwarden.agent.store import Store
 
+from .errors import UserError
+
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+
+
+class ExportError(UserError):
+    """The checkpoint cannot be exported; the message says why in one line."""
 
 
 def choose(store: Store, text: str) -> CheckpointInfo:
     """The checkpoint named by an id, "best" or "last" (the newest ready one of the run)."""
     from trainwarden.agent.checkpoint import best_first, newest_first
 
-    from .cli import CliError
-
     try:
         target = rollback_target(text)
     except CommandError as exc:
-        raise CliError(str(exc)) from None
+        raise ExportError(str(exc)) from None
     ready = store.checkpoints(["ready"])
     if isinstance(target, int):
         info = store.checkpoint(target)
         if info is None:
-            raise CliError(f"checkpoint {target} does not exist")
+            raise ExportError(f"checkpoint {target} does not exist")
         if info.status != "ready":
-            raise CliError(f"checkpoint {target} is {info.status}, not ready")
+            raise ExportError(f"checkpoint {target} is {info.status}, not ready")
         return info
     ordered = best_first(ready) if target == "best" else newest_first(ready)
     if not ordered:
-        raise CliError(f"no ready checkpoint ({target})")
+        raise ExportError(f"no ready checkpoint ({target})")
     return ordered[0]
 
 
@@ -85,37 +88,21 @@ def write(weights: dict[str, Any], out: Path) -> int:
     return out.stat().st_size
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def default_output(run_dir: Path, info: CheckpointInfo) -> Path:
+    """The file written when none is named: RUN-ckptID-stepSTEP.pt in the current folder."""
+    return Path(f"{run_dir.name}-ckpt{info.id}-step{info.step}.pt")
+
+
+def export_model(run_dir: Path, info: CheckpointInfo, out: Path) -> tuple[int, int]:
+    """Write the verified checkpoint's model to `out` as a plain state dict; returns (tensors, bytes)."""
     from trainwarden.agent.checkpoint import CheckpointCorrupt
 
-    from .cli import CliError, open_store, resolve_run, size
-
-    run_dir = resolve_run(args.run)
-    with open_store(args.run) as store:
-        info = choose(store, args.checkpoint)
-    out = Path(args.output) if args.output else Path(f"{run_dir.name}-ckpt{info.id}-step{info.step}.pt")
-    if out.exists() and not args.force:
-        raise CliError(f"{out} exists: choose another --output or pass --force")
     try:
         weights = model_weights(run_dir, info)
     except CheckpointCorrupt as exc:
-        raise CliError(f"checkpoint {info.id} cannot be exported: {exc}") from None
+        raise ExportError(f"checkpoint {info.id} cannot be exported: {exc}") from None
     try:
         nbytes = write(weights, out)
     except OSError as exc:
-        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
-    kind = "sharded" if info.path.endswith(".dcp") else "single-file"
-    print(f"wrote {out}: {len(weights)} tensors, {size(nbytes)}: the model of {kind} checkpoint {info.id} "
-          f"(step {info.step}, branch {info.branch}); load with model.load_state_dict(torch.load(PATH, weights_only=True))")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a checkpoint's model (sharded or not) as one file for inference",
-                       description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run folder, or a name under the root")
-    p.add_argument("checkpoint", help="checkpoint id, 'best' or 'last'")
-    p.add_argument("-o", "--output", help="file to write (default: RUN-ckptID-stepSTEP.pt here)")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=cmd_export)
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return len(weights), nbytes

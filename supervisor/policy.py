@@ -15,12 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .alerts import AlertSettings
 from .detectors import REBOUND_KINDS, DetectorSettings, Finding
+from .errors import UserError
 
 Mode = Literal["observe", "ask", "auto"]
 RUN_POLICY_FILE = "warden.toml"
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """A policy file is missing, not TOML, or names a bad field; the message says which in one line."""
 
 

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainwarden.agent.store import Store, is_store
 
 from .detectors import DetectorSettings, Finding, LossDetectors, WindowLike, feed
+from .errors import UserError
 
 
-class CurveError(ValueError):
+class CurveError(UserError, ValueError):
     """A curve file is unreadable or malformed; the message names the file and line."""
 
 

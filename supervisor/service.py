@@ -17,6 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .errors import UserError
+
 USER_UNIT, SYSTEM_UNIT = "trainwarden.service", "trainwarden@.service"
 GENERIC_EXE = "/usr/bin/env trainwarden"  # in the files shipped in systemd/
 
@@ -103,7 +105,7 @@ def current_exe() -> str:
     return str(Path(found).absolute()) if found else GENERIC_EXE
 
 
-class ServiceError(Exception):
+class ServiceError(UserError):
     """The unit cannot be installed; the message says why in one line."""
 
 

@@ -17,22 +17,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from trainwarden.agent.records import InterventionInfo, RunInfo
-from trainwarden.agent.store import RunNotStartedError, Segments, Store, StoreError, in_lineage
+from trainwarden.agent.store import RunNotStartedError, Segments, Store, StoreError
 
+from . import interventions as ivs
 from .alerts import Alert
-from .detectors import (
-    REBOUND_KINDS, Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed,
-)
+from .detectors import Finding, LivenessDetectors, LivenessObservation, LossDetectors, feed
 from .policy import (
-    CURE_WINDOWS, RELAPSE_WINDOWS, CheckpointChoice, Decision, Policy, PolicyError, RunRecord, cure_reference,
-    cure_verdict, decide, relapse, window_level, with_run_overrides,
+    CURE_WINDOWS, RELAPSE_WINDOWS, Decision, Policy, PolicyError, cure_reference, cure_verdict, decide, relapse,
+    window_level, with_run_overrides,
 )
 
 ISSUER = "supervisor"
 SOURCE = "supervisor"
-COUNTED = ("issued", "applied", "rejected")  # statuses of interventions that used the budget
-REMEDY_MODES = ("auto", "ask", "cure")
-CURED = "cured"  # an intervention's outcome; any other outcome closes its follow-up
 
 Log = Callable[[str, str], None]  # (level, line)
 
@@ -212,28 +208,6 @@ class RunWatch:
             return f"{f.kind}:{self.run.started_at}:{f.step}:{','.join(sorted(f.data))}"
         return f"{f.kind}:b{_owner(f.onset, self._segments)}:{f.onset}"
 
-    def _record(self, s: Store, interventions: list[InterventionInfo]) -> RunRecord:
-        assert self.run is not None
-        last_budget = max((iv.id for iv in interventions if iv.finding == "budget"), default=0)
-        since = [iv for iv in interventions if iv.id > last_budget]
-        counted = sum(1 for iv in since if iv.mode in REMEDY_MODES and iv.status in COUNTED)
-        waiting = next((iv.id for iv in since if iv.status in ("proposed", "issued")), None)
-        cooldown = None
-        applied = [iv for iv in since if iv.status == "applied" and iv.mode in REMEDY_MODES]
-        if applied:
-            cooldown = self._applied_step(s, applied[-1]) + self._policy.cooldown_steps
-        segments = s.lineage(self.run.branch)
-        ready = [c for c in s.checkpoints(["ready"]) if in_lineage(c, segments)]
-        return RunRecord(
-            step=self.run.step, status=self.run.status, interventions=counted, cooldown_until=cooldown,
-            waiting_for=waiting, budget_exhausted=bool(last_budget) and not since and self.run.status == "paused",
-            checkpoints=[CheckpointChoice(id=c.id, step=c.step, loss=c.loss) for c in ready])
-
-    @staticmethod
-    def _applied_step(s: Store, iv: InterventionInfo) -> int:
-        steps = [c.applied_step for c in (s.command(i) for i in iv.commands) if c is not None and c.applied_step is not None]
-        return max(steps) if steps else iv.step
-
     def _handle(self, s: Store, f: Finding, now: float, key: str | None = None, note: str = "") -> None:
         """Record a finding once, and act on it as the policy says."""
         assert self._keys is not None and self.run is not None
@@ -241,10 +215,10 @@ class RunWatch:
         if key in self._keys:
             return
         interventions = s.interventions()
-        record = self._record(s, interventions)
+        record = ivs.run_record(s, self.run, interventions, self._policy.cooldown_steps)
         decision = decide(f, self._policy, record, age_s=now - self._written.get(f.step, now))
         acts = decision.mode in ("auto", "ask")
-        again = self._again(f, interventions) if acts and not note else ""
+        again = ivs.rebound_again(f, interventions, self._policy.detect.window) if acts and not note else ""
         reason = "; ".join(x for x in (note if acts else "", again, decision.reason) if x)
         data = {"key": key, "finding": f.model_dump(), "decision": decision.mode}
         with self._transaction(s):
@@ -253,23 +227,14 @@ class RunWatch:
                 self._intervene(s, f, decision, reason, note)
         self._keys.add(key)
 
-    def _again(self, f: Finding, interventions: list[InterventionInfo]) -> str:
-        if f.kind not in REBOUND_KINDS:
-            return ""
-        window = self._policy.detect.window
-        for iv in reversed(interventions):
-            if iv.finding in REBOUND_KINDS and abs(iv.onset - f.onset) <= 4 * window:
-                return f"rebounded again near intervention {iv.id}'s onset: a further cut"
-        return ""
-
     def _intervene(self, s: Store, f: Finding, decision: Decision, reason: str, note: str) -> None:
         assert self.run is not None
         actions = [a.model_dump() for a in decision.actions]
-        kind = "budget" if decision.mode == "budget" else f.kind
+        kind = ivs.BUDGET if decision.mode == "budget" else f.kind
         mode = "cure" if note and decision.mode == "auto" else decision.mode
         level = f.data.get("level_before")
-        iid = s.add_intervention(kind, f.onset, f.step, self.run.branch, mode, "proposed", actions, reason,
-                                 level if isinstance(level, (int, float)) else None)
+        iid = ivs.propose(s, kind, f.onset, f.step, self.run.branch, mode, actions, reason,
+                          level if isinstance(level, (int, float)) else None)
         if decision.mode == "ask":
             self._event(s, "proposal", "warning",
                         f"proposal {iid}: {reason} — approve with `trainwarden approve {self.run_dir} {iid}` "
@@ -277,10 +242,7 @@ class RunWatch:
                         step=f.step, data={"intervention": iid})
             self.last_action = f"proposed {iid} on {self.name}"
             return
-        for a in decision.actions:
-            if a.kind == "rollback":  # keep the target (and further cuts' target) safe from retention
-                s.set_pinned(a.args["target"], True)
-        ids = s.issue_intervention(iid, actions, ISSUER, "proposed")
+        ids = ivs.issue(s, iid, actions, ISSUER, pin=True)
         if decision.mode == "budget":
             self._event(s, "needs_person", "error", f"intervention budget spent: run paused; {reason}",
                         step=f.step, data={"intervention": iid, "commands": ids})
@@ -298,40 +260,34 @@ class RunWatch:
         for iv in interventions:
             if iv.status != "issued":
                 continue
-            cmds = [s.command(i) for i in iv.commands]
             if ended:
                 # The job is gone: a command it never read would wait forever (a crashed job is
                 # left alone, its relaunch still applies them).
                 with self._transaction(s):
-                    for c in cmds:
-                        if c is not None and c.status == "pending":
-                            s.ack_command(c.id, "rejected", f"not applied: the run {self.run.status} at step "
-                                          f"{self.run.step} first", self.run.step)
-                cmds = [s.command(i) for i in iv.commands]
-            if any(c is None or c.status == "pending" for c in cmds):
+                    ivs.reject_unread(s, iv, self.run)
+            settled = ivs.acknowledged(s, iv)
+            if settled is None:
                 continue
-            ok = all(c.status == "applied" for c in cmds if c is not None)
-            results = "; ".join(f"{c.kind}: {c.result}" for c in cmds if c is not None)
+            ok, results = settled
             with self._transaction(s):
-                s.update_intervention(iv.id, status="applied" if ok else "rejected")
+                ivs.close(s, iv, ok)
                 self._event(s, "intervention_applied" if ok else "intervention_rejected", "info" if ok else "warning",
                             f"intervention {iv.id} {'applied' if ok else 'rejected'}: {results}",
-                            step=self._applied_step(s, iv), data={"intervention": iv.id})
+                            step=ivs.applied_step(s, iv), data={"intervention": iv.id})
         self._judge(s, s.interventions(), now)
 
     def _judge(self, s: Store, interventions: list[InterventionInfo], now: float) -> None:
         """The newest applied remedy, on its own windows past the onset and the cooldown: cured, or a
         further cut; once cured, a level that settles above the cure bar again is a relapse."""
         assert self.run is not None
-        todo = [iv for iv in interventions
-                if iv.status == "applied" and iv.mode in REMEDY_MODES and iv.finding in REBOUND_KINDS]
-        if not todo or todo[-1].outcome not in (None, CURED) or todo[-1].level_before is None:
+        todo = ivs.remedies(interventions)
+        if not todo or todo[-1].outcome not in (None, ivs.CURED) or todo[-1].level_before is None:
             return
         iv = todo[-1]
         windows = self._remedy_windows(s, iv)
         if windows is None:
             return
-        before = cure_reference(iv.level_before, self._restored_loss(s, iv))
+        before = cure_reference(iv.level_before, ivs.restored_loss(s, iv))
         if iv.outcome is None:
             self._judge_cure(s, todo, windows, before, now)
         else:
@@ -350,20 +306,16 @@ class RunWatch:
         own = set(owners[owners.index(branch):])
         # Steps of the remedy's own branch: a rollback's commands are acknowledged at the step it
         # restored (the fork step), and the abandoned branch's later steps count for nothing here.
-        start = max(iv.onset, self._applied_step(s, iv) + self._policy.cooldown_steps)
+        start = max(iv.onset, ivs.applied_step(s, iv) + self._policy.cooldown_steps)
         size = self.run.config.get("window")
         full = size if isinstance(size, int) else self._policy.detect.window
         # A window cut at a fork or flushed early (a pause) is partial: it mixes histories or is short.
         return [w for w in self._levels if w.branch in own and w.first_step > start and w.count >= full]
 
     def _remedy_branch(self, s: Store, iv: InterventionInfo) -> int:
-        """The branch the intervention's commands were applied on: the one its rollback started. The
-        agent acknowledges a command together with an event that names its command and branch."""
+        """The branch the intervention's commands were applied on (read once: it does not change)."""
         if iv.id not in self._remedy_branches:
-            ids = set(iv.commands)
-            acks = [e.branch for e in s.events() if e.source == "agent" and e.data.get("command") in ids]
-            # No such event: commands that write none (a lone resume) changed no branch.
-            self._remedy_branches[iv.id] = next((b for b in reversed(acks) if b is not None), iv.branch)
+            self._remedy_branches[iv.id] = ivs.remedy_branch(s, iv)
         return self._remedy_branches[iv.id]
 
     def _judge_cure(self, s: Store, todo: list[InterventionInfo], windows: list[WindowLevel], before: float, now: float) -> None:
@@ -376,11 +328,7 @@ class RunWatch:
         at = windows[CURE_WINDOWS - 1].last_step
         if ok:
             with self._transaction(s):
-                s.update_intervention(iv.id, outcome=CURED)
-                for done in todo:  # the chain of cuts is over: its rollback targets need no pin
-                    for a in done.actions:
-                        if a["kind"] == "rollback":
-                            s.set_pinned(a["args"]["target"], False)
+                ivs.mark_cured(s, todo)
                 self._event(s, "cured", "info",
                             f"intervention {iv.id} cured the run: loss level {level:.4g} vs {self._words(before, iv)}",
                             step=at, data={"intervention": iv.id, "level": level})
@@ -388,7 +336,7 @@ class RunWatch:
         # One transaction with the further cut: a kill in between must not leave the outcome
         # written and the cut never made.
         with self._transaction(s):
-            s.update_intervention(iv.id, outcome=f"not cured: level {level:.4g} vs {self._words(before, iv)}")
+            ivs.mark_outcome(s, iv, f"not cured: level {level:.4g} vs {self._words(before, iv)}")
             finding = Finding(
                 kind=iv.finding, onset=iv.onset, step=at, severity="error",
                 message=(f"intervention {iv.id} did not cure the run: after the cooldown the loss level {level:.4g} is still "
@@ -409,22 +357,13 @@ class RunWatch:
         high = windows[i - RELAPSE_WINDOWS + 1: i + 1]
         levels = ", ".join(f"{w.level:.4g}" for w in high)
         with self._transaction(s):  # the outcome and the finding (and its cut) together, as above
-            s.update_intervention(iv.id, outcome=f"cured, then relapsed: levels {levels} from step {high[0].first_step}")
+            ivs.mark_outcome(s, iv, f"cured, then relapsed: levels {levels} from step {high[0].first_step}")
             finding = Finding(
                 kind=iv.finding, onset=high[0].first_step, step=high[-1].last_step, severity="error",
                 message=(f"the loss settled above {self._policy.cure_ratio:g} x {self._words(before, iv)} again after "
                          f"intervention {iv.id} cured the run: levels {levels} from step {high[0].first_step}"),
                 data={"level_before": iv.level_before, "level": high[-1].level, "after": iv.id})
             self._handle(s, finding, now, key=f"relapse:{iv.id}", note="relapsed after a cure: a further cut")
-
-    @staticmethod
-    def _restored_loss(s: Store, iv: InterventionInfo) -> float | None:
-        """The loss of the checkpoint the intervention rolled back to (None without a rollback)."""
-        for a in iv.actions:
-            if a["kind"] == "rollback":
-                ckpt = s.checkpoint(a["args"]["target"])
-                return None if ckpt is None else ckpt.loss
-        return None
 
     @staticmethod
     def _words(reference: float, iv: InterventionInfo) -> str:

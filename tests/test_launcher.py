@@ -23,8 +23,8 @@ import pytest
 from conftest import cli, kinds, launcher_events, wait_for
 
 from trainwarden.agent.store import Store, StoreError
-from trainwarden.supervisor import launcher
-from trainwarden.supervisor.launcher import backoff_delay, default_name, exit_status, next_streak, verdict
+from trainwarden.supervisor import launch_job, launch_rules, launcher
+from trainwarden.supervisor.launch_rules import backoff_delay, default_name, exit_status, next_streak, verdict
 
 HERE = Path(__file__).parent
 JOB = (sys.executable, str(HERE / "launcher_job.py"))
@@ -66,7 +66,7 @@ def test_backoff_doubles_from_the_initial_delay_and_is_capped() -> None:
     assert backoff_delay(10_000, 1.0) == 60
     assert backoff_delay(0, 90.0) == 90  # asked for more than the cap: as asked
     assert next_streak(3, ran_s=59.0) == 3
-    assert next_streak(3, ran_s=launcher.HEALTHY_AFTER_S) == 0  # a long healthy run starts the delays over
+    assert next_streak(3, ran_s=launch_rules.HEALTHY_AFTER_S) == 0  # a long healthy run starts the delays over
 
 
 def test_verdicts_and_exit_statuses() -> None:
@@ -93,9 +93,9 @@ def test_the_agent_attaches_to_the_run_the_launcher_created(tmp_path: Path, monk
     import trainwarden.agent as tw
     from tiny_train import build, train_step
 
-    assert launcher.ENV_RUN_DIR == tw.ENV_RUN_DIR
+    assert launch_job.ENV_RUN_DIR == tw.ENV_RUN_DIR
     run_dir = tmp_path / "made"
-    with launcher._open_run(run_dir) as s:
+    with launcher.open_run(run_dir) as s:
         assert s.run().status == "created" and s.run().name == "made"
     model, optimizer, sched, batch = build()
     monkeypatch.setenv(tw.ENV_RUN_DIR, str(run_dir))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import cli, kinds, launcher_events, wait_for
 
-from trainwarden.supervisor.launcher import (
+from trainwarden.supervisor.launch_rules import (
     TORCHRUN_SIGNALS, descendants, forwarded_signal, group_problem, stopped_status, torchrun_argv, torchrun_target,
 )
 

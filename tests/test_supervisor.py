@@ -306,7 +306,7 @@ def test_budget_spent_pauses_the_run_for_a_person_per_run_overrides_apply(tmp_pa
 
 
 def test_polling_discovery_and_the_file_system_type(tmp_path):
-    from trainwarden.supervisor.daemon import fs_type
+    from trainwarden.supervisor.discovery import fs_type
 
     assert fs_type(Path("/proc/self")) == "proc"
     root = tmp_path / "runs"

@@ -17,7 +17,7 @@ from typing import Any
 from textual.app import App
 from textual.binding import Binding
 
-from trainwarden.supervisor.daemon import find_runs
+from trainwarden.supervisor.discovery import find_runs
 from trainwarden.supervisor.operator import issuer
 
 from . import palette

@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from trainwarden.agent.commands import CommandError, positive_finite
-from trainwarden.supervisor.cli import fmt
+from trainwarden.supervisor.display import fmt
 
 from . import palette
 from .lists import CheckpointsTable

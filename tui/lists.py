@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from trainwarden.supervisor.cli import age, fmt, size
+from trainwarden.supervisor.display import age, fmt, size
 
 from . import palette
 from .model import RunDetail, describe_actions, describe_command, on_history

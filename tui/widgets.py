@@ -22,7 +22,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from trainwarden.supervisor.cli import age, fmt
+from trainwarden.supervisor.display import age, fmt
 
 from . import palette, plot
 from .chart import Frame, Layer, Marker, render
